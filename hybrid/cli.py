@@ -1,0 +1,76 @@
+"""The ``hybrid`` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from hybrid.config import Config, ConfigError, load_config
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from hybrid.server import create_app
+
+    cfg: Config = load_config(args.config)
+    _check_models(cfg)
+    if args.host:
+        cfg.server.host = args.host
+    if args.port is not None:
+        cfg.server.port = args.port
+    if args.log_level:
+        cfg.server.log_level = args.log_level
+    logging.basicConfig(level=cfg.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("hybrid")
+    log.info("config: %s; backends: %s", cfg.source, ", ".join(f"{b.name} ({b.kind}, tier {b.tier})" for b in cfg.backends))
+    if not cfg.server.api_keys and cfg.server.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("no server.api_keys configured and listening on %s: anyone who reaches it can use it", cfg.server.host)
+    uvicorn.run(
+        create_app(cfg),
+        host=cfg.server.host,
+        port=cfg.server.port,
+        loop="uvloop",
+        http="httptools",
+        log_level=cfg.server.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def _check_models(cfg: Config) -> None:
+    """Fail at start, with one line, for a local model that cannot be found (assembles the bundled one)."""
+    from hybrid.backends.gguf import resolve_gguf
+
+    for i, b in enumerate(cfg.backends):
+        if b.kind == "llamacpp":
+            try:
+                resolve_gguf(b.model)
+            except ConfigError as exc:
+                raise ConfigError(f"{cfg.source}: backends[{i}].model: {exc}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hybrid", description="Local-plus-cloud LLM inference router.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve the OpenAI-compatible endpoint")
+    serve.add_argument("--config", "-c", help="TOML config file (default: the embedded default, bundled model on CPU)")
+    serve.add_argument("--host", help="bind address (overrides server.host)")
+    serve.add_argument("--port", type=int, help="port (overrides server.port)")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(func=_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"hybrid: config error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,278 @@
+"""The Starlette app: routes, the request-id/auth middleware, body limits and error mapping.
+
+Each endpoint is a thin handler over the gateway. Errors of every kind leave through one mapping into OpenAI's
+error shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import hmac
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from hybrid.backends import create_backend
+from hybrid.config import Config
+from hybrid.errors import (
+    AuthenticationError,
+    HybridError,
+    InvalidRequestError,
+    MethodNotAllowedError,
+    ModelNotFoundError,
+    NotFoundError,
+    RequestTooLargeError,
+    ServerError,
+)
+from hybrid.gateway import Answer, Gateway, RequestContext
+from hybrid.protocol import (
+    SSE_DONE,
+    InferenceRequest,
+    assemble,
+    is_usage_chunk,
+    parse_chat_request,
+    parse_completion_request,
+    parse_json_body,
+    sse_event,
+    to_text_completion_chunk,
+)
+
+log = logging.getLogger("hybrid.server")
+
+_REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_PUBLIC_PATHS = frozenset({"/health", "/ready"})
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def error_response(err: HybridError) -> JSONResponse:
+    return JSONResponse(err.to_dict(), status_code=err.status_code, headers=err.headers)
+
+
+class RequestMiddleware:
+    """Pure ASGI: a request id on every response, and bearer-token auth for the API paths."""
+
+    def __init__(self, app: ASGIApp, api_keys: list[str]) -> None:
+        self.app = app
+        self.api_keys = [k.encode() for k in api_keys]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = None
+        auth = b""
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                candidate = value.decode("latin-1")
+                if _REQUEST_ID_OK.match(candidate):
+                    rid = candidate
+            elif name == b"authorization":
+                auth = value
+        if rid is None:
+            rid = uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+        rid_header = (b"x-request-id", rid.encode())
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), rid_header]
+            await send(message)
+
+        if self.api_keys and scope["path"] not in _PUBLIC_PATHS and not self._authorized(auth):
+            err = AuthenticationError(
+                "Incorrect API key provided." if auth else "You didn't provide an API key. Send it as 'Authorization: Bearer KEY'."
+            )
+            await error_response(err)(scope, receive, send_with_id)
+            return
+        await self.app(scope, receive, send_with_id)
+
+    def _authorized(self, auth: bytes) -> bool:
+        scheme, _, token = auth.partition(b" ")
+        if scheme.lower() != b"bearer" or not token:
+            return False
+        ok = False
+        for key in self.api_keys:  # compare with every key, in constant time, whatever matches
+            ok |= hmac.compare_digest(token.strip(), key)
+        return ok
+
+
+class HybridApp:
+    """Owns the gateway and the request handlers."""
+
+    def __init__(self, config: Config, gateway: Gateway | None = None) -> None:
+        self.config = config
+        self.gateway = gateway or Gateway(config, [create_backend(b) for b in config.backends])
+        self.max_body = config.server.max_body_bytes
+
+    # ------------------------------------------------------------------------------------------ helpers
+
+    async def _read_body(self, request: Request) -> bytes:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            raise RequestTooLargeError(f"Request body of {length} bytes is over the limit of {self.max_body} bytes.")
+        parts: list[bytes] = []
+        size = 0
+        async for part in request.stream():
+            size += len(part)
+            if size > self.max_body:
+                raise RequestTooLargeError(f"Request body is over the limit of {self.max_body} bytes.")
+            parts.append(part)
+        return b"".join(parts)
+
+    def _context(self, request: Request) -> RequestContext:
+        return RequestContext(
+            request_id=request.scope["state"]["request_id"],
+            headers={k: v for k, v in request.headers.items() if k.startswith("x-hybrid-")},
+        )
+
+    # ------------------------------------------------------------------------------------------ endpoints
+
+    async def chat_completions(self, request: Request) -> Response:
+        req = parse_chat_request(parse_json_body(await self._read_body(request)))
+        return await self._respond(request, req)
+
+    async def completions(self, request: Request) -> Response:
+        req = parse_completion_request(parse_json_body(await self._read_body(request)))
+        return await self._respond(request, req)
+
+    async def _respond(self, request: Request, req: InferenceRequest) -> Response:
+        answer = await self.gateway.handle(req, self._context(request))
+        if req.stream:
+            return StreamingResponse(
+                _sse(answer), media_type="text/event-stream", headers=answer.headers | {"cache-control": "no-cache"}
+            )
+        chunks = await _collect_unless_disconnected(answer, request)
+        return JSONResponse(assemble(chunks, req.kind), headers=answer.headers)
+
+    async def models(self, request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": self.gateway.model_cards()})
+
+    async def model(self, request: Request) -> Response:
+        model_id = request.path_params["model"]
+        for card in self.gateway.model_cards():
+            if card["id"] == model_id:
+                return JSONResponse(card)
+        raise ModelNotFoundError(f"The model '{model_id}' does not exist.", param="model")
+
+    async def health(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def ready(self, request: Request) -> Response:
+        ok, body = self.gateway.readiness()
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    # ------------------------------------------------------------------------------------------ app
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        await self.gateway.start()
+        # Start-up objects live for the process: keep them out of the cyclic GC's way (p99 tail).
+        gc.collect()
+        gc.freeze()
+        try:
+            yield
+        finally:
+            await self.gateway.stop()
+
+    def build(self) -> ASGIApp:
+        routes = [
+            Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
+            Route("/v1/completions", self.completions, methods=["POST"]),
+            Route("/v1/models", self.models, methods=["GET"]),
+            Route("/v1/models/{model:path}", self.model, methods=["GET"]),
+            Route("/health", self.health, methods=["GET"]),
+            Route("/ready", self.ready, methods=["GET"]),
+        ]
+        app = Starlette(
+            routes=routes,
+            lifespan=self.lifespan,
+            exception_handlers={HybridError: _on_hybrid_error, HTTPException: _on_http_error, Exception: _on_crash},
+        )
+        return RequestMiddleware(app, self.config.server.api_keys)
+
+
+async def _collect_unless_disconnected(answer: Answer, request: Request) -> list[dict[str, Any]]:
+    """Collect a non-streaming answer; if the client goes away first, stop generation and free the slot."""
+
+    async def collect() -> list[dict[str, Any]]:
+        return [c async for c in answer.chunks()]
+
+    async def disconnected() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                return
+
+    work = asyncio.ensure_future(collect())
+    watch = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        if not work.done():
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+            raise asyncio.CancelledError("client disconnected")
+    return work.result()
+
+
+async def _sse(answer: Answer) -> AsyncIterator[bytes]:
+    """SSE frames for an answer; a failure after the first byte ends the stream with an error event."""
+    req = answer.req
+    legacy = req.kind == "completion"
+    try:
+        async for chunk in answer.chunks():
+            if is_usage_chunk(chunk) and not req.include_usage:
+                continue
+            yield sse_event(to_text_completion_chunk(chunk) if legacy else chunk)
+    except HybridError as err:
+        log.warning("stream %s ended by error: %s", answer.ctx.request_id, err.message)
+        yield sse_event(err.to_dict())
+    except Exception:
+        log.exception("stream %s failed", answer.ctx.request_id)
+        yield sse_event(ServerError("The backend failed while streaming the answer.").to_dict())
+    yield SSE_DONE
+
+
+async def _on_hybrid_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HybridError)
+    return error_response(exc)
+
+
+async def _on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return error_response(NotFoundError(f"Unknown path: {request.method} {request.url.path}", code="not_found"))
+    if exc.status_code == 405:
+        return error_response(MethodNotAllowedError(f"Method {request.method} is not allowed on {request.url.path}."))
+    err = InvalidRequestError(str(exc.detail))
+    err.status_code = exc.status_code
+    return error_response(err)
+
+
+async def _on_crash(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error", exc_info=exc)
+    return error_response(ServerError("The server had an error while processing your request."))
+
+
+def create_app(config: Config) -> ASGIApp:
+    return HybridApp(config).build()

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from hybrid.backends.gguf import bundled_model_path
+from tests.procs import ManagedProcess, start_router
+
+LOCAL_ONLY = """
+[server]
+max_body_bytes = 262144
+
+[[backends]]
+name = "cpu"
+kind = "llamacpp"
+tier = "local"
+model = "gemma-3-270m"
+context = 1024
+threads = 1
+"""
+
+
+@pytest.fixture(scope="session")
+def model_path() -> str:
+    return str(bundled_model_path())
+
+
+@pytest.fixture(scope="module")
+def router(model_path: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:
+    """The router on the bundled model, with a small context and body limit so error paths are cheap to hit."""
+    proc = start_router(LOCAL_ONLY, tmp_path_factory.mktemp("router"))
+    yield proc
+    proc.stop()
+
+
+def sdk(base_url: str, api_key: str = "unused", **kwargs: object) -> openai.OpenAI:
+    return openai.OpenAI(
+        base_url=base_url + "/v1", api_key=api_key, max_retries=0, timeout=120, _strict_response_validation=True,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture(scope="module")
+def client(router: ManagedProcess) -> openai.OpenAI:
+    return sdk(router.url)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    Path(config.rootpath, ".pytest_cache").mkdir(exist_ok=True)

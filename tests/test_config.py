@@ -1,0 +1,117 @@
+"""The config contract: defaults, and one clear line per mistake."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hybrid.config import ConfigError, default_config, load_config, parse_config
+
+GOOD = """
+[server]
+port = 9000
+
+[[backends]]
+name = "cpu"
+kind = "llamacpp"
+tier = "local"
+model = "gemma-3-270m"
+context = 8192
+
+[[backends]]
+name = "openai"
+kind = "openai"
+tier = "cloud"
+base_url = "https://api.openai.com/v1"
+api_key_env = "OPENAI_API_KEY"
+models = ["gpt-4o-mini", "gpt-4o"]
+
+[routing]
+default = "auto"
+fallbacks = ["local", "cloud"]
+overflow_wait_s = 2
+"""
+
+
+def test_good_config_loads(tmp_path: Path) -> None:
+    p = tmp_path / "hybrid.toml"
+    p.write_text(GOOD)
+    cfg = load_config(p)
+    assert cfg.server.port == 9000
+    assert [b.name for b in cfg.backends] == ["cpu", "openai"]
+    assert cfg.backend("openai").models == ["gpt-4o-mini", "gpt-4o"]
+    assert cfg.routing.overflow_wait_s == 2.0 and isinstance(cfg.routing.overflow_wait_s, float)
+    assert cfg.tiers == ["local", "cloud"]
+
+
+def test_embedded_default_is_the_bundled_model() -> None:
+    cfg = default_config()
+    assert [(b.kind, b.tier, b.model) for b in cfg.backends] == [("llamacpp", "local", "gemma-3-270m")]
+    assert cfg.server.host == "127.0.0.1" and cfg.server.api_keys == []
+
+
+@pytest.mark.parametrize(
+    ("mutation", "message"),
+    [
+        (('kind = "llamacpp"', 'kind = "ollama"'), "backends[0].kind: must be one of llamacpp, openai, vllm (got 'ollama')"),
+        (("port = 9000", 'port = "9000"'), "server.port: must be an integer"),
+        (("port = 9000", "port = 70000"), "server.port: must be between 0 and 65535"),
+        (("context = 8192", "contxt = 8192"), "backends[0].contxt: unknown key"),
+        (('base_url = "https://api.openai.com/v1"', 'base_url = "api.openai.com"'), "backends[1].base_url: must start with http"),
+        (('name = "openai"', 'name = "cpu"'), "backends[1].name: duplicate backend name 'cpu'"),
+        (('models = ["gpt-4o-mini", "gpt-4o"]', "models = []"), "backends[1].models: list the model ids"),
+        (("overflow_wait_s = 2", "overflow_wait_s = -1"), "routing.overflow_wait_s: must be >= 0"),
+        (("[routing]", "[routeing]"), "routeing: unknown section"),
+    ],
+)
+def test_mistakes_name_the_key(mutation: tuple[str, str], message: str) -> None:
+    import tomllib
+
+    old, new = mutation
+    assert old in GOOD
+    with pytest.raises(ConfigError) as info:
+        parse_config(tomllib.loads(GOOD.replace(old, new, 1)))
+    assert message in str(info.value)
+
+
+def test_env_key_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = {"server": {"api_keys": ["env:K1", "plain"]}, "backends": [{"name": "a", "kind": "llamacpp", "model": "m.gguf"}]}
+    monkeypatch.setenv("K1", "secret")
+    assert parse_config(raw).server.api_keys == ["secret", "plain"]
+    monkeypatch.delenv("K1")
+    with pytest.raises(ConfigError, match=r"server.api_keys\[0\]: environment variable K1 is not set"):
+        parse_config(raw)
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "hybrid", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_cli_bad_config_fails_with_one_line(tmp_path: Path) -> None:
+    p = tmp_path / "bad.toml"
+    p.write_text(GOOD.replace('kind = "llamacpp"', "kind = 3"))
+    res = _run_cli("serve", "--config", str(p))
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert lines[0] == f"hybrid: config error: {p}: backends[0].kind: must be a string (got 3)"
+
+
+def test_cli_missing_model_file_fails_with_one_line(tmp_path: Path) -> None:
+    p = tmp_path / "missing.toml"
+    p.write_text('[[backends]]\nname = "cpu"\nkind = "llamacpp"\nmodel = "/nowhere/model.gguf"\n')
+    res = _run_cli("serve", "--config", str(p))
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [
+        f"hybrid: config error: {p}: backends[0].model: model file not found: /nowhere/model.gguf"
+    ]
+
+
+def test_cli_invalid_toml(tmp_path: Path) -> None:
+    p = tmp_path / "broken.toml"
+    p.write_text("[server\n")
+    res = _run_cli("serve", "--config", str(p))
+    assert res.returncode == 2 and "not valid TOML" in res.stderr
