@@ -25,6 +25,8 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=cfg.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("hybrid")
     log.info("config: %s; backends: %s", cfg.source, ", ".join(f"{b.name} ({b.kind}, tier {b.tier})" for b in cfg.backends))
+    for note in cfg.notes:
+        log.info("%s", note)
     if not cfg.server.api_keys and cfg.server.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("no server.api_keys configured and listening on %s: anyone who reaches it can use it", cfg.server.host)
     uvicorn.run(

@@ -61,9 +61,22 @@ class BackendConfig:
 
 @dataclass
 class RoutingConfig:
-    default: str = "auto"
-    fallbacks: list[str] = field(default_factory=lambda: ["local", "cloud"])
-    overflow_wait_s: float = 2.0
+    default: str = "auto"  # what `model: "auto"` resolves to: "auto" (the policy) or a tier name
+    fallbacks: list[str] = field(default_factory=lambda: ["local", "cloud"])  # tiers to try, in order, on failure
+    overflow_wait_s: float = 2.0  # local queue wait above which a request goes to the next tier (0: never wait)
+    simple_tier: str = "local"  # auto: where simple requests go
+    complex_tier: str = "cloud"  # auto: where complex, long or over-context requests go
+    complexity_threshold: float = 0.5  # auto: score at or above which a request is complex
+    long_prompt_tokens: int = 0  # auto: prompts at least this long go to complex_tier (0: only the context decides)
+    scorer: str = "heuristic"  # or "package.module:Name" with score(features) -> float
+    failure_threshold: int = 3  # consecutive failures that cool a backend down
+    cooldown_s: float = 30.0  # first cooldown; doubles on each failed probe, up to 300 s
+
+
+@dataclass
+class LimitsConfig:
+    requests_per_min: int = 0  # per API key (or per client address without auth); 0 = unlimited
+    tokens_per_min: int = 0
 
 
 @dataclass
@@ -71,7 +84,9 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     backends: list[BackendConfig] = field(default_factory=list)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     source: str = "<embedded default>"
+    notes: list[str] = field(default_factory=list)  # what the embedded default decided, said at start-up
 
     def backend(self, name: str) -> BackendConfig:
         for b in self.backends:
@@ -88,9 +103,34 @@ class Config:
         return seen
 
 
-def default_config() -> Config:
-    """The embedded default: the bundled model on the CPU, no auth, loopback."""
-    return Config(backends=[BackendConfig(name="cpu", kind="llamacpp", tier="local", model=BUNDLED_MODEL)])
+# Cloud providers the embedded default adds by itself when their key is in the environment.
+CLOUD_PROVIDERS: list[tuple[str, str, str, list[str]]] = [
+    ("OPENAI_API_KEY", "openai", "https://api.openai.com/v1", ["gpt-4o-mini", "gpt-4o"]),
+    ("ANTHROPIC_API_KEY", "anthropic", "https://api.anthropic.com/v1", ["claude-sonnet-4-5", "claude-haiku-4-5"]),
+    ("GROQ_API_KEY", "groq", "https://api.groq.com/openai/v1", ["llama-3.3-70b-versatile", "llama-3.1-8b-instant"]),
+    ("TOGETHER_API_KEY", "together", "https://api.together.xyz/v1", ["meta-llama/Llama-3.3-70B-Instruct-Turbo"]),
+    ("MISTRAL_API_KEY", "mistral", "https://api.mistral.ai/v1", ["mistral-large-latest", "mistral-small-latest"]),
+    ("OPENROUTER_API_KEY", "openrouter", "https://openrouter.ai/api/v1", ["openai/gpt-4o-mini", "anthropic/claude-sonnet-4.5"]),
+]
+
+
+def default_config(environ: dict[str, str] | None = None) -> Config:
+    """The embedded default: the bundled model on the CPU, no auth, loopback; plus a cloud tier for each
+    provider whose API key is in the environment."""
+    env = os.environ if environ is None else environ
+    cfg = Config(backends=[BackendConfig(name="cpu", kind="llamacpp", tier="local", model=BUNDLED_MODEL)])
+    for var, name, url, models in CLOUD_PROVIDERS:
+        if env.get(var):
+            cfg.backends.append(
+                BackendConfig(name=name, kind="openai", tier="cloud", base_url=url, api_key_env=var, models=list(models))
+            )
+            cfg.notes.append(f"{var} is set: cloud tier via {name} ({url}), models {', '.join(models)}")
+    if len(cfg.backends) == 1:
+        cfg.notes.append(
+            "no cloud provider key in the environment (" + ", ".join(v for v, *_ in CLOUD_PROVIDERS)
+            + "): running local-only"
+        )
+    return cfg
 
 
 def load_config(path: str | Path | None) -> Config:
@@ -113,7 +153,7 @@ def load_config(path: str | Path | None) -> Config:
 
 
 def parse_config(raw: dict[str, Any]) -> Config:
-    known = {"server", "backends", "routing"}
+    known = {"server", "backends", "routing", "limits"}
     for key in raw:
         if key not in known:
             raise ConfigError(f"{key}: unknown section (known: {', '.join(sorted(known))})")
@@ -140,7 +180,22 @@ def parse_config(raw: dict[str, Any]) -> Config:
     routing = _build(RoutingConfig, raw.get("routing", {}), "routing")
     if routing.overflow_wait_s < 0:
         raise ConfigError("routing.overflow_wait_s: must be >= 0")
-    return Config(server=server, backends=backends, routing=routing)
+    if not 0.0 <= routing.complexity_threshold <= 1.0:
+        raise ConfigError("routing.complexity_threshold: must be between 0 and 1")
+    if routing.failure_threshold < 1:
+        raise ConfigError("routing.failure_threshold: must be >= 1")
+    if routing.cooldown_s <= 0:
+        raise ConfigError("routing.cooldown_s: must be > 0")
+    tiers = {b.tier for b in backends}
+    for i, t in enumerate(routing.fallbacks):
+        if t not in tiers and t not in ("local", "cloud"):
+            raise ConfigError(f"routing.fallbacks[{i}]: no backend has tier {t!r}")
+    if routing.default != "auto" and routing.default not in tiers:
+        raise ConfigError(f"routing.default: must be 'auto' or a configured tier (got {routing.default!r})")
+    limits = _build(LimitsConfig, raw.get("limits", {}), "limits")
+    if limits.requests_per_min < 0 or limits.tokens_per_min < 0:
+        raise ConfigError("limits: rates must be >= 0")
+    return Config(server=server, backends=backends, routing=routing, limits=limits)
 
 
 def _check_backend(b: BackendConfig, path: str) -> None:

@@ -19,6 +19,8 @@ class HybridError(Exception):
     status_code: int = 500
     error_type: str = "server_error"
     default_code: str | None = None
+    #: another backend may succeed where this one failed (connect errors, timeouts, 5xx, 429)
+    retryable: bool = False
 
     def __init__(
         self,
@@ -33,6 +35,7 @@ class HybridError(Exception):
         self.param = param
         self.code = code if code is not None else self.default_code
         self.headers = headers or {}
+        self.retry_after_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -84,6 +87,13 @@ class RateLimitError(HybridError):
     status_code = 429
     error_type = "rate_limit_exceeded"
     default_code = "rate_limit_exceeded"
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after_s = retry_after_s
+        if retry_after_s is not None:
+            self.headers.setdefault("retry-after", str(max(1, int(retry_after_s + 0.999))))
 
 
 class ServerError(HybridError):
@@ -97,18 +107,21 @@ class UpstreamError(HybridError):
     status_code = 502
     error_type = "server_error"
     default_code = "upstream_error"
+    retryable = True
 
 
 class ServiceUnavailableError(HybridError):
     status_code = 503
     error_type = "server_error"
     default_code = "service_unavailable"
+    retryable = True
 
 
 class UpstreamTimeoutError(HybridError):
     status_code = 504
     error_type = "server_error"
     default_code = "upstream_timeout"
+    retryable = True
 
 
 _BY_STATUS: dict[int, type[HybridError]] = {
@@ -125,11 +138,10 @@ _BY_STATUS: dict[int, type[HybridError]] = {
 
 
 def error_for_status(status: int, message: str, **kwargs: Any) -> HybridError:
-    """The router's exception for an HTTP status (used to normalise upstream errors)."""
-    cls = _BY_STATUS.get(status)
-    if cls is None:
-        cls = InvalidRequestError if 400 <= status < 500 else UpstreamError
+    """The router's exception for an upstream's HTTP status: 4xx keep their status, 5xx become retryable 502s."""
+    if status >= 500:
+        return UpstreamError(message, **kwargs)
+    cls = _BY_STATUS.get(status, InvalidRequestError)
     err = cls(message, **kwargs)
-    if cls is InvalidRequestError and status != 400:
-        err.status_code = status
+    err.status_code = status
     return err

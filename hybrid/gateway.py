@@ -1,35 +1,48 @@
 """The pipeline, and the one place where the parts meet.
 
-    route decision -> dispatch with fallbacks -> stream back -> usage accounting
+    rate limits -> route decision -> dispatch with overflow and fallbacks -> stream back -> usage, settlement
 
 ``Gateway.handle`` returns an :class:`Answer` only once the first chunk has arrived from a backend, so every
-failure before the first byte is still an HTTP error (or a fallback), never a broken stream. Streaming and
-non-streaming requests take the same path: the server either encodes the answer's chunks as SSE or assembles
-them into one JSON body.
+failure before the first byte is still a fallback or an HTTP error, never a broken stream. Streaming and
+non-streaming requests take the same path: the server encodes the answer's chunks as SSE or assembles them into
+one JSON body (and :meth:`Gateway.complete` may still fall back when a non-streamed answer breaks off, since
+nothing has reached the client yet).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from hybrid.backends.base import Backend, BackendState
 from hybrid.config import Config
-from hybrid.errors import HybridError, ServiceUnavailableError
+from hybrid.errors import (
+    HybridError,
+    InvalidRequestError,
+    RateLimitError,
+    ServiceUnavailableError,
+    UpstreamError,
+)
+from hybrid.limits import RateLimiter
 from hybrid.protocol import Chunk, InferenceRequest, is_usage_chunk, make_usage, make_usage_chunk
+from hybrid.routing.breaker import CircuitBreaker
 from hybrid.routing.decision import RouteDecision, Target
+from hybrid.routing.policy import AutoPolicy
 from hybrid.routing.resolver import AUTO, ModelResolver
+from hybrid.routing.scoring import load_scorer
 
 log = logging.getLogger("hybrid.gateway")
+
+DEFAULT_OUTPUT_ESTIMATE = 256  # tokens charged up front when a request sets no max_tokens
 
 
 @dataclass
 class RequestContext:
     request_id: str
     headers: dict[str, str] = field(default_factory=dict)
-    api_key: str | None = None
+    tenant: str = "anonymous"  # whom rate limits (and later the cache and ledger) are scoped to
 
     @property
     def completion_id(self) -> str:
@@ -45,36 +58,41 @@ class Answer:
         ctx: RequestContext,
         target: Target,
         decision: RouteDecision,
+        index: int,
+        reason: str,
         first: Chunk,
         rest: AsyncIterator[Chunk],
+        count: Callable[[InferenceRequest, str], Awaitable[tuple[int, int]]],
+        on_done: Callable[[bool, HybridError | None, dict[str, int] | None], None],
     ) -> None:
         self.req = req
         self.ctx = ctx
         self.target = target
         self.decision = decision
+        self.index = index  # position of target in decision.targets: where a retry continues
+        self.reason = reason
         self._first: Chunk | None = first
         self._rest = rest
+        self._count = count
+        self._on_done = on_done
         self.usage: dict[str, int] | None = None
-        self.started = time.monotonic()
 
     @property
     def headers(self) -> dict[str, str]:
         return {
             "x-hybrid-tier": self.target.tier,
             "x-hybrid-backend": self.target.backend.name,
-            "x-hybrid-route-reason": self.decision.reason,
+            "x-hybrid-route-reason": self.reason,
         }
 
     async def chunks(self) -> AsyncIterator[Chunk]:
-        """The answer's chunks with the router's id, always ending with a usage chunk."""
+        """The answer's chunks under the router's id, always ending with a usage chunk."""
         cid = self.ctx.completion_id
-        text_len = 0
+        text: list[str] = []
+        outcome: tuple[bool, HybridError | None] | None = None
         try:
-            if self._first is not None:
-                first, self._first = self._first, None
-                chunk: Chunk | None = first
-            else:
-                chunk = None
+            chunk = self._first
+            self._first = None
             while True:
                 if chunk is None:
                     try:
@@ -86,23 +104,31 @@ class Answer:
                     self.usage = chunk["usage"]
                 else:
                     for ch in chunk.get("choices") or ():
-                        text_len += len((ch.get("delta") or {}).get("content") or "")
+                        piece = (ch.get("delta") or {}).get("content")
+                        if piece:
+                            text.append(piece)
                 yield chunk
                 chunk = None
+            if self.usage is None:
+                # the upstream sent none: count ourselves so include_usage and the ledger always work
+                prompt, completion = await self._count(self.req, "".join(text))
+                self.usage = make_usage(prompt, completion)
+                yield make_usage_chunk(cid, self.target.model, self.usage)
+            outcome = (True, None)
+        except HybridError as err:
+            outcome = (False, err)
+            raise
+        except Exception as exc:
+            outcome = (False, UpstreamError(f"Backend '{self.target.backend.name}' failed: {exc}"))
+            raise
         finally:
-            await self._close_rest()
-        if self.usage is None:
-            # the upstream sent none: count ourselves so include_usage and the ledger always work
-            prompt = await self.target.backend.count_prompt_tokens(self.req)
-            if prompt is None:
-                prompt = max(1, len(self.req.text()) // 4)
-            self.usage = make_usage(prompt, (text_len + 3) // 4)
-            yield make_usage_chunk(cid, self.target.model, self.usage)
-
-    async def _close_rest(self) -> None:
-        aclose = getattr(self._rest, "aclose", None)
-        if aclose is not None:
-            await aclose()
+            aclose = getattr(self._rest, "aclose", None)
+            if aclose is not None:
+                await aclose()
+            if outcome is not None:
+                self._on_done(outcome[0], outcome[1], self.usage)
+            else:  # the consumer went away: neither the backend's success nor its failure
+                self._on_done(True, None, self.usage)
 
 
 class Gateway:
@@ -110,6 +136,14 @@ class Gateway:
         self.config = config
         self.backends = backends
         self.resolver = ModelResolver(backends)
+        rc = config.routing
+        self.policy = AutoPolicy(rc, load_scorer(rc.scorer), self.resolver.tiers)
+        self.breakers = {
+            b.name: CircuitBreaker(failure_threshold=rc.failure_threshold, cooldown_s=rc.cooldown_s) for b in backends
+        }
+        self.limiter = RateLimiter(config.limits.requests_per_min, config.limits.tokens_per_min)
+        # the tokenizer used for backends without one (e.g. a cloud API): the first local model's
+        self._tokenizer: Backend | None = None
 
     async def start(self) -> None:
         for b in self.backends:
@@ -119,6 +153,7 @@ class Gateway:
                 log.exception("backend %s failed to start", b.name)
                 raise
         self.resolver.refresh_models()
+        self._tokenizer = next((b for b in self.backends if b.kind == "llamacpp"), None)
 
     async def stop(self) -> None:
         for b in self.backends:
@@ -127,51 +162,190 @@ class Gateway:
             except Exception:  # pragma: no cover - best effort at shutdown
                 log.exception("backend %s failed to stop", b.name)
 
+    # ------------------------------------------------------------------------------------------ counting
+
+    async def count_prompt_tokens(self, req: InferenceRequest) -> int | None:
+        if self._tokenizer is None:
+            return None
+        return await self._tokenizer.count_prompt_tokens(req)
+
+    async def _count_usage(self, backend: Backend, req: InferenceRequest, text: str) -> tuple[int, int]:
+        counter = backend if backend.kind == "llamacpp" else self._tokenizer
+        prompt = await counter.count_prompt_tokens(req) if counter is not None else None
+        completion = counter.count_text_tokens(text) if counter is not None else None
+        return (
+            prompt if prompt is not None else max(1, len(req.text()) // 4),
+            completion if completion is not None else (len(text) + 3) // 4,
+        )
+
     # ------------------------------------------------------------------------------------------ routing
 
-    def route(self, req: InferenceRequest, ctx: RequestContext) -> RouteDecision:
+    async def route(self, req: InferenceRequest, ctx: RequestContext) -> RouteDecision:
         header_tier = ctx.headers.get("x-hybrid-tier")
         if header_tier:
-            return RouteDecision(self.resolver.explicit(header_tier), reason="header")
+            return self._tier_decision(header_tier, "header", overflow=False)
         name = req.model
-        if name == AUTO or (name == self.config.routing.default and not self.resolver.is_tier(name)):
-            return self._auto()
+        if name == AUTO and self.config.routing.default != AUTO:
+            return self._tier_decision(self.config.routing.default, "default", overflow=True)
+        if name == AUTO:
+            simple = self.policy.simple
+            ctx_len = min((b.context for b in self.resolver.by_tier.get(simple, []) if b.context), default=0)
+            choice = await self.policy.choose(req, ctx_len, self.count_prompt_tokens)
+            decision = self._tier_decision(choice.tier, choice.reason, overflow=True)
+            decision.auto = True
+            if choice.prompt_tokens is not None:
+                decision.prompt_tokens = choice.prompt_tokens
+            return decision
         if self.resolver.is_tier(name):
-            return RouteDecision(self.resolver.explicit(name), reason="explicit-tier")
-        return RouteDecision(self.resolver.explicit(name), reason="explicit-model")
+            return self._tier_decision(name, "explicit-tier", overflow=False)
+        return RouteDecision(self.resolver.explicit(name), reason="explicit-model", can_overflow=False)
 
-    def _auto(self) -> RouteDecision:
-        default = self.config.routing.default
-        tier = default if self.resolver.is_tier(default) else ("local" if self.resolver.is_tier("local") else self.resolver.tiers[0])
-        return RouteDecision(self.resolver.tier_targets(tier), reason="default")
+    def _tier_decision(self, tier: str, reason: str, overflow: bool) -> RouteDecision:
+        """The tier's backends, then the other tiers in ``routing.fallbacks`` order.
+
+        Only a tier the router chose may overflow to the next one when busy; a tier the client named waits its turn
+        (it still falls back when its backends fail)."""
+        primary = self.resolver.explicit(tier)
+        targets = list(primary)
+        for other in self.config.routing.fallbacks:
+            if other != tier and self.resolver.is_tier(other):
+                targets.extend(self.resolver.tier_targets(other))
+        return RouteDecision(targets, reason=reason, primary=len(primary), can_overflow=overflow)
 
     # ------------------------------------------------------------------------------------------ dispatch
 
     async def handle(self, req: InferenceRequest, ctx: RequestContext) -> Answer:
-        decision = self.route(req, ctx)
-        targets = ModelResolver.healthy_first(decision.targets)
+        """Admit, route and dispatch; returns with the first chunk in hand."""
+        charged = 0
+        if self.limiter.enabled:
+            est = len(req.text()) // 4 + (req.max_tokens or DEFAULT_OUTPUT_ESTIMATE)
+            charged = self.limiter.admit(ctx.tenant, est)
+        decision = await self.route(req, ctx)
+        decision.charged_tokens = charged
+        return await self._dispatch(req, ctx, decision, 0)
+
+    async def complete(self, req: InferenceRequest, ctx: RequestContext) -> tuple[Answer, list[Chunk]]:
+        """A whole (non-streamed) answer: a backend that breaks off mid-answer still falls back."""
+        answer = await self.handle(req, ctx)
+        while True:
+            try:
+                return answer, [c async for c in answer.chunks()]
+            except HybridError as err:
+                nxt = answer.index + 1
+                if not err.retryable or nxt >= len(answer.decision.targets):
+                    raise
+                answer.decision.failures.append(f"{answer.target.backend.name}({err.status_code})")
+                answer = await self._dispatch(req, ctx, answer.decision, nxt)
+
+    async def _dispatch(self, req: InferenceRequest, ctx: RequestContext, decision: RouteDecision, start: int) -> Answer:
+        targets = decision.targets
         if not targets:
             raise ServiceUnavailableError("No backend is configured for this route.")
+        overflow_wait = self.config.routing.overflow_wait_s
         last: HybridError | None = None
-        for target in targets:
-            if target.backend.state is not BackendState.UP:
+        overflowed: list[str] = []
+        for i in range(start, len(targets)):
+            target = targets[i]
+            backend = target.backend
+            breaker = self.breakers[backend.name]
+            has_next = i + 1 < len(targets)
+            if backend.state is not BackendState.UP:
+                last = ServiceUnavailableError(f"Backend '{backend.name}' is {backend.state.value}.")
+                decision.failures.append(f"{backend.name}({backend.state.value})")
+                continue
+            if breaker.cooling():
                 last = ServiceUnavailableError(
-                    f"Backend '{target.backend.name}' is {target.backend.state.value}."
+                    f"Backend '{backend.name}' is cooling down after failures.",
+                    headers={"retry-after": str(max(1, int(breaker.retry_after_s() + 0.999)))},
+                )
+                decision.failures.append(f"{backend.name}(cooling)")
+                continue
+            if decision.prompt_tokens and backend.context and decision.prompt_tokens + (req.max_tokens or 1) > backend.context and has_next:
+                decision.failures.append(f"{backend.name}(context)")
+                continue
+            load = backend.load()
+            if backend.hard_concurrency_limit and load.capacity and load.in_flight >= load.capacity:
+                # at its configured concurrency: the next target takes it, or the client hears 429
+                decision.failures.append(f"{backend.name}(busy)")
+                last = RateLimitError(
+                    f"Backend '{backend.name}' is at its concurrency limit of {load.capacity}.",
+                    retry_after_s=max(1.0, load.service_time_s),
                 )
                 continue
-            target.backend.check(req)
-            stream = target.backend.stream(req, target.model)
+            if decision.can_overflow and has_next:
+                wait = load.estimated_wait_s()
+                if wait > overflow_wait:
+                    overflowed.append(f"{backend.name}(wait={wait:.1f}s)")
+                    continue
+            try:
+                backend.check(req)
+            except InvalidRequestError as err:
+                if decision.auto and has_next:  # auto may pick a tier that can do it
+                    decision.failures.append(f"{backend.name}(unsupported:{err.param})")
+                    last = err
+                    continue
+                raise
+            if not breaker.allow():
+                decision.failures.append(f"{backend.name}(probing)")
+                continue
+            stream = backend.stream(req, target.model)
             try:
                 first = await stream.__anext__()
             except StopAsyncIteration:
-                last = ServiceUnavailableError(f"Backend '{target.backend.name}' returned an empty answer.")
+                breaker.record_failure()
+                last = UpstreamError(f"Backend '{backend.name}' returned an empty answer.")
+                decision.failures.append(f"{backend.name}(empty)")
+                continue
+            except HybridError as err:
+                await stream.aclose()
+                if not err.retryable:
+                    breaker.record_success()  # it answered: the request was at fault
+                    raise
+                breaker.record_failure(err.retry_after_s if isinstance(err, RateLimitError) else None)
+                log.warning("backend %s failed before the first byte: %s", backend.name, err.message)
+                last = err
+                decision.failures.append(f"{backend.name}({err.status_code})")
                 continue
             except BaseException:
+                breaker.release_probe()
                 await stream.aclose()
                 raise
-            return Answer(req, ctx, target, decision, first, stream)
-        assert last is not None
+            reason = decision.reason
+            if overflowed:
+                reason += ";overflow:" + ",".join(overflowed)
+            if i >= decision.primary or decision.failures:
+                reason += ";fallback:" + ",".join(decision.failures) if decision.failures else ";fallback"
+            return Answer(
+                req, ctx, target, decision, i, reason, first, stream,
+                count=lambda r, t, b=backend: self._count_usage(b, r, t),
+                on_done=lambda ok, err, usage, b=breaker: self._done(ctx, decision, b, ok, err, usage),
+            )
+        if overflowed and last is None:
+            # every target was busy: wait on the last one rather than fail
+            raise ServiceUnavailableError("Every backend for this route is busy.")
+        if last is None:
+            last = ServiceUnavailableError("No backend could take this request.")
+        if isinstance(last, (UpstreamError, ServiceUnavailableError)) and decision.failures:
+            last.message += f" Tried: {', '.join(decision.failures)}."
         raise last
+
+    def _done(
+        self,
+        ctx: RequestContext,
+        decision: RouteDecision,
+        breaker: CircuitBreaker,
+        ok: bool,
+        err: HybridError | None,
+        usage: dict[str, int] | None,
+    ) -> None:
+        if ok:
+            breaker.record_success()
+        elif err is None or err.retryable:
+            breaker.record_failure()
+        if self.limiter.enabled and decision.charged_tokens:
+            used = usage["total_tokens"] if usage else decision.charged_tokens
+            self.limiter.settle(ctx.tenant, decision.charged_tokens, used)
+            decision.charged_tokens = 0
 
     # ------------------------------------------------------------------------------------------ listing
 
@@ -192,13 +366,20 @@ class Gateway:
         states: dict[str, object] = {}
         for b in self.backends:
             load = b.load()
+            breaker = self.breakers[b.name]
+            state = b.state.value
+            if b.state is BackendState.UP and breaker.cooling():
+                state = "cooling"
             entry: dict[str, object] = {
-                "state": b.state.value, "tier": b.tier, "kind": b.kind, "models": b.models,
-                "in_flight": load.in_flight, "waiting": load.waiting,
+                "state": state, "tier": b.tier, "kind": b.kind, "models": b.models,
+                "in_flight": load.in_flight, "waiting": load.waiting, "consecutive_failures": breaker.failures,
             }
+            if state == "cooling":
+                entry["retry_after_s"] = round(breaker.retry_after_s(), 1)
             if b.state_detail:
                 entry["detail"] = b.state_detail
             states[b.name] = entry
         local = [b for b in self.backends if b.kind in ("llamacpp", "vllm")] or self.backends
         ready = all(b.state is BackendState.UP for b in local)
         return ready, {"status": "ready" if ready else "not-ready", "backends": states}
+

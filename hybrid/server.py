@@ -13,8 +13,8 @@ import hmac
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, TypeVar
 
 import orjson
 from starlette.applications import Starlette
@@ -51,6 +51,7 @@ from hybrid.protocol import (
 
 log = logging.getLogger("hybrid.server")
 
+T = TypeVar("T")
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _PUBLIC_PATHS = frozenset({"/health", "/ready"})
 
@@ -88,7 +89,8 @@ class RequestMiddleware:
                 auth = value
         if rid is None:
             rid = uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = rid
+        state = scope.setdefault("state", {})
+        state["request_id"] = rid
         rid_header = (b"x-request-id", rid.encode())
 
         async def send_with_id(message: Message) -> None:
@@ -96,22 +98,32 @@ class RequestMiddleware:
                 message["headers"] = [*message.get("headers", ()), rid_header]
             await send(message)
 
-        if self.api_keys and scope["path"] not in _PUBLIC_PATHS and not self._authorized(auth):
+        key_index = self._authorized(auth) if self.api_keys else 0
+        if self.api_keys and scope["path"] not in _PUBLIC_PATHS and not key_index:
             err = AuthenticationError(
                 "Incorrect API key provided." if auth else "You didn't provide an API key. Send it as 'Authorization: Bearer KEY'."
             )
             await error_response(err)(scope, receive, send_with_id)
             return
+        # whom limits are scoped to: the key's position in server.api_keys (never the key itself), else the client
+        if self.api_keys:
+            state["tenant"] = f"key{key_index}"
+        else:
+            client = scope.get("client")
+            state["tenant"] = f"addr:{client[0]}" if client else "anonymous"
         await self.app(scope, receive, send_with_id)
 
-    def _authorized(self, auth: bytes) -> bool:
+    def _authorized(self, auth: bytes) -> int:
+        """1-based index of the matching key, 0 for none."""
         scheme, _, token = auth.partition(b" ")
         if scheme.lower() != b"bearer" or not token:
-            return False
-        ok = False
-        for key in self.api_keys:  # compare with every key, in constant time, whatever matches
-            ok |= hmac.compare_digest(token.strip(), key)
-        return ok
+            return 0
+        found = 0
+        token = token.strip()
+        for i, key in enumerate(self.api_keys, 1):  # compare with every key, in constant time, whatever matches
+            if hmac.compare_digest(token, key):
+                found = i
+        return found
 
 
 class HybridApp:
@@ -138,9 +150,11 @@ class HybridApp:
         return b"".join(parts)
 
     def _context(self, request: Request) -> RequestContext:
+        state = request.scope["state"]
         return RequestContext(
-            request_id=request.scope["state"]["request_id"],
+            request_id=state["request_id"],
             headers={k: v for k, v in request.headers.items() if k.startswith("x-hybrid-")},
+            tenant=state.get("tenant", "anonymous"),
         )
 
     # ------------------------------------------------------------------------------------------ endpoints
@@ -154,12 +168,13 @@ class HybridApp:
         return await self._respond(request, req)
 
     async def _respond(self, request: Request, req: InferenceRequest) -> Response:
-        answer = await self.gateway.handle(req, self._context(request))
+        ctx = self._context(request)
         if req.stream:
+            answer = await self.gateway.handle(req, ctx)
             return StreamingResponse(
                 _sse(answer), media_type="text/event-stream", headers=answer.headers | {"cache-control": "no-cache"}
             )
-        chunks = await _collect_unless_disconnected(answer, request)
+        answer, chunks = await _unless_disconnected(self.gateway.complete(req, ctx), request)
         return JSONResponse(assemble(chunks, req.kind), headers=answer.headers)
 
     async def models(self, request: Request) -> Response:
@@ -209,11 +224,8 @@ class HybridApp:
         return RequestMiddleware(app, self.config.server.api_keys)
 
 
-async def _collect_unless_disconnected(answer: Answer, request: Request) -> list[dict[str, Any]]:
-    """Collect a non-streaming answer; if the client goes away first, stop generation and free the slot."""
-
-    async def collect() -> list[dict[str, Any]]:
-        return [c async for c in answer.chunks()]
+async def _unless_disconnected(work_coro: Coroutine[Any, Any, T], request: Request) -> T:
+    """Run a non-streaming answer; if the client goes away first, stop generation and free the slot."""
 
     async def disconnected() -> None:
         while True:
@@ -221,7 +233,7 @@ async def _collect_unless_disconnected(answer: Answer, request: Request) -> list
             if message["type"] == "http.disconnect":
                 return
 
-    work = asyncio.ensure_future(collect())
+    work = asyncio.ensure_future(work_coro)
     watch = asyncio.ensure_future(disconnected())
     try:
         await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)

@@ -81,3 +81,9 @@ def start_llama_server(model_path: str, extra: list[str] | None = None) -> Manag
         "--model_alias", "gemma-cloud", *(extra or []),
     ]
     return ManagedProcess(args, f"http://127.0.0.1:{port}", "/v1/models").start()
+
+
+def start_fault_upstream() -> ManagedProcess:
+    port = free_port()
+    args = [sys.executable, "-m", "tests.fault_upstream", "--port", str(port)]
+    return ManagedProcess(args, f"http://127.0.0.1:{port}", "/health").start()

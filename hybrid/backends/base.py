@@ -37,6 +37,10 @@ class BackendLoad:
 class Backend(abc.ABC):
     """One configured backend: a local engine or an HTTP upstream."""
 
+    #: True: requests over ``load().capacity`` are turned away (HTTP APIs with ``max_concurrency``);
+    #: False: they queue (a local engine's pool), and overflow routing reads the queue.
+    hard_concurrency_limit = False
+
     def __init__(self, cfg: BackendConfig) -> None:
         self.cfg = cfg
         self.name = cfg.name
@@ -67,6 +71,10 @@ class Backend(abc.ABC):
 
     async def count_prompt_tokens(self, req: InferenceRequest) -> int | None:
         """Prompt tokens with this backend's own tokenizer, or ``None`` when it has none."""
+        return None
+
+    def count_text_tokens(self, text: str) -> int | None:
+        """Tokens of a plain text with this backend's tokenizer, or ``None`` when it has none."""
         return None
 
     def load(self) -> BackendLoad:

@@ -169,6 +169,11 @@ class LlamaCppBackend(Backend):
             return await asyncio.to_thread(self._tokenize, prompt)
         return self._tokenize(prompt)
 
+    def count_text_tokens(self, text: str) -> int | None:
+        if self._vocab is None:
+            return None
+        return len(self._vocab.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
     def _grammar(self, req: InferenceRequest) -> Any:
         rf = req.response_format
         if not rf or rf.get("type") == "text":

@@ -21,8 +21,17 @@ class Target:
 
 @dataclass
 class RouteDecision:
-    """The ordered targets to try (first the chosen one, then fallbacks) and the reason for the choice."""
+    """The ordered targets to try (the chosen tier's first, then fallbacks) and the reason for the choice."""
 
     targets: list[Target]
     reason: str
-    details: dict[str, float | int | str] = field(default_factory=dict)
+    primary: int = 0  # how many of the targets belong to the chosen tier (the rest are fallbacks)
+    can_overflow: bool = True  # an explicit model id never overflows to another model
+    auto: bool = False
+    prompt_tokens: int | None = None
+    charged_tokens: int = 0  # rate-limit tokens charged up front, settled when the answer is done
+    failures: list[str] = field(default_factory=list)  # "backend(why)" for each target passed over
+
+    def __post_init__(self) -> None:
+        if not self.primary:
+            self.primary = len(self.targets)

@@ -48,6 +48,13 @@ class ModelResolver:
             return self.tier_targets(name)
         if name in self.by_model:
             return self.model_targets(name)
+        if name == "cloud":
+            raise ModelNotFoundError(
+                "The model 'cloud' does not exist: no cloud tier is configured. Set OPENAI_API_KEY (or GROQ_API_KEY, "
+                "MISTRAL_API_KEY, ...) before starting the embedded default, or add a [[backends]] entry with "
+                'tier = "cloud" to the config.',
+                param="model",
+            )
         raise ModelNotFoundError(
             f"The model '{name}' does not exist. Available: {', '.join(self.available())}.", param="model"
         )

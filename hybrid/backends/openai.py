@@ -1,0 +1,204 @@
+"""Any OpenAI-compatible HTTP API: OpenAI, Groq, Together, OpenRouter, Mistral, a vLLM or llama.cpp server.
+
+One aiohttp session per backend (connection pooling; measured about 2x httpx-over-aiohttp and 7x plain httpx as
+a pass-through on two cores). Streams are passed through chunk by chunk; a non-streaming answer becomes one chunk.
+Upstream errors, whatever their shape (OpenAI, vLLM's ``{"object": "error", ...}``, llama.cpp's, plain text), are
+normalised to the router's exceptions, marked retryable where another backend may succeed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+
+from hybrid.backends.base import Backend, BackendLoad, BackendState
+from hybrid.config import BackendConfig
+from hybrid.errors import (
+    HybridError,
+    RateLimitError,
+    ServiceUnavailableError,
+    UpstreamError,
+    UpstreamTimeoutError,
+    error_for_status,
+)
+from hybrid.protocol import Chunk, InferenceRequest, completion_to_chunk, from_text_completion_chunk
+
+log = logging.getLogger("hybrid.openai")
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+def normalise_error(status: int, body: bytes, retry_after: str | None, backend: str) -> HybridError:
+    """Turn an upstream error answer into the router's exception (OpenAI's shape on the wire)."""
+    message, param, code = "", None, None
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        data = None
+    if isinstance(data, dict):
+        err = data.get("error", data)
+        if isinstance(err, dict):
+            message = str(err.get("message") or err.get("detail") or "")
+            param = err.get("param") if isinstance(err.get("param"), str) else None
+            code = err.get("code") if isinstance(err.get("code"), str) else None
+        elif isinstance(err, str):
+            message = err
+        if not message and isinstance(data.get("detail"), (str, list)):
+            message = str(data["detail"])
+    if not message:
+        message = body.decode("utf-8", "replace").strip()[:500] or f"HTTP {status}"
+    message = f"Upstream '{backend}' answered {status}: {message}"
+    if status == 429:
+        return RateLimitError(message, retry_after_s=parse_retry_after(retry_after))
+    return error_for_status(status, message, param=param, code=code)
+
+
+class OpenAIBackend(Backend):
+    hard_concurrency_limit = True  # the gateway turns requests away at max_concurrency, it never queues them
+
+    def __init__(self, cfg: BackendConfig) -> None:
+        super().__init__(cfg)
+        self.base_url = cfg.base_url.rstrip("/")
+        self._session: aiohttp.ClientSession | None = None
+        self._headers = {"content-type": "application/json"}
+        self._in_flight = 0
+        self._service_s = 1.0
+        self._timeout = aiohttp.ClientTimeout(
+            total=cfg.total_timeout_s, connect=cfg.connect_timeout_s, sock_connect=cfg.connect_timeout_s
+        )
+
+    @property
+    def models(self) -> list[str]:
+        return self.cfg.models
+
+    async def start(self) -> None:
+        if self.cfg.api_key_env:
+            key = os.environ.get(self.cfg.api_key_env)
+            if key:
+                self._headers["authorization"] = f"Bearer {key}"
+            else:
+                log.warning("backend %s: %s is not set; sending no API key", self.name, self.cfg.api_key_env)
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=self._timeout, json_serialize=lambda o: orjson.dumps(o).decode(),
+            auto_decompress=True,
+        )
+        self.state = BackendState.UP
+
+    async def stop(self) -> None:
+        self.state = BackendState.DOWN
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def load(self) -> BackendLoad:
+        return BackendLoad(
+            in_flight=self._in_flight, waiting=0, capacity=self.cfg.max_concurrency,
+            service_time_s=self._service_s,
+        )
+
+    async def stream(self, req: InferenceRequest, model: str) -> AsyncIterator[Chunk]:
+        session = self._session
+        if session is None:
+            raise ServiceUnavailableError(f"Backend '{self.name}' is not started.")
+        body = dict(req.body)
+        body["model"] = model
+        # Always stream from the upstream, whatever the client asked: the first-byte timeout then means what it
+        # says, failures before the first token can still fall back, and one parser serves both kinds of request.
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+        path = "/chat/completions" if req.kind == "chat" else "/completions"
+        legacy = req.kind == "completion"
+
+        self._in_flight += 1
+        started = time.monotonic()
+        resp: aiohttp.ClientResponse | None = None
+        try:
+            whole: Chunk | None = None
+            first: Chunk | None = None
+            try:
+                async with asyncio.timeout(self.cfg.first_byte_timeout_s):
+                    resp = await session.post(self.base_url + path, data=orjson.dumps(body), headers=self._headers)
+                    if resp.status >= 400:
+                        raise normalise_error(
+                            resp.status, await resp.read(), resp.headers.get("retry-after"), self.name
+                        )
+                    if resp.content_type != "text/event-stream":
+                        whole = self._whole(await resp.read(), legacy)
+                    else:
+                        lines = resp.content.__aiter__()
+                        first = await self._next_event(lines)
+            except TimeoutError:
+                raise UpstreamTimeoutError(
+                    f"Upstream '{self.name}' sent nothing within {self.cfg.first_byte_timeout_s:g}s."
+                ) from None
+            if whole is not None:
+                yield whole
+                return
+            if first is None:
+                raise UpstreamError(f"Upstream '{self.name}' ended the stream without an answer.")
+            while first is not None:
+                yield from_text_completion_chunk(first) if legacy else first
+                first = await self._next_event(lines)
+        except aiohttp.ClientConnectionError as exc:
+            raise UpstreamError(f"Upstream '{self.name}' connection failed: {exc or type(exc).__name__}") from None
+        except aiohttp.ClientPayloadError as exc:
+            raise UpstreamError(f"Upstream '{self.name}' broke off the answer: {exc}") from None
+        except TimeoutError:
+            raise UpstreamTimeoutError(
+                f"Upstream '{self.name}' did not finish within {self.cfg.total_timeout_s:g}s."
+            ) from None
+        finally:
+            if resp is not None:
+                resp.release()
+            self._in_flight -= 1
+            self._service_s = 0.8 * self._service_s + 0.2 * (time.monotonic() - started)
+
+    def _whole(self, raw: bytes, legacy: bool) -> Chunk:
+        try:
+            answer = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise UpstreamError(f"Upstream '{self.name}' sent a body that is not JSON.") from None
+        if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
+            raise UpstreamError(f"Upstream '{self.name}' sent an answer without 'choices'.")
+        return from_text_completion_chunk(answer) if legacy else completion_to_chunk(answer)
+
+    async def _next_event(self, lines: AsyncIterator[bytes]) -> Chunk | None:
+        """The next JSON event of an SSE stream, or ``None`` at ``[DONE]`` / end of stream."""
+        async for line in lines:
+            if not line.startswith(b"data:"):
+                continue  # blank separators, comments, event names
+            data = line[5:].strip()
+            if data == b"[DONE]":
+                return None
+            try:
+                event = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                raise UpstreamError(f"Upstream '{self.name}' sent an event that is not JSON.") from None
+            if not isinstance(event, dict):
+                raise UpstreamError(f"Upstream '{self.name}' sent an event that is not an object.")
+            if "error" in event:
+                err = event["error"]
+                msg = err.get("message") if isinstance(err, dict) else str(err)
+                raise UpstreamError(f"Upstream '{self.name}' failed mid-stream: {msg}")
+            return event
+        return None

@@ -1,0 +1,131 @@
+"""A small OpenAI-compatible upstream of the tests' own that misbehaves on purpose.
+
+What a healthy server never does: ``/{mode}/v1/chat/completions`` (and ``/completions``) answers per ``mode``:
+
+- ``ok``: an instant, valid answer (SSE when asked to stream, usage only when ``include_usage``)
+- ``500``: a llama.cpp-style 500; ``429``: rate limited with ``Retry-After: 1``
+- ``slow``: waits 3 s before sending anything, then ``ok``
+- ``disconnect``: streams two chunks, then drops the connection
+- ``badjson``: a 200 whose body is not JSON; ``badevent``: an SSE event that is not JSON
+- ``vllm400``: a 400 in vLLM's error shape
+- ``ctl``: whatever ``POST /control {"mode": ...}`` last set
+
+``GET /stats`` counts requests per mode; ``POST /control {"reset": true}`` clears the counts.
+
+    python -m tests.fault_upstream --port P
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+STATE: dict[str, object] = {"mode": "500"}
+COUNTS: Counter[str] = Counter()
+WORDS = ["Hello", " from", " the", " fault", " upstream", "."]
+
+
+def _chunk(i: int, text: str, finish: str | None, legacy: bool) -> dict[str, object]:
+    base = {"id": "up-1", "created": int(time.time()), "model": "fault-model"}
+    if legacy:
+        return base | {"object": "text_completion", "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}
+    delta = {"role": "assistant", "content": text} if i == 0 else {"content": text}
+    return base | {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+
+async def _stream(legacy: bool, usage: bool, break_after: int | None = None, bad: bool = False) -> AsyncIterator[bytes]:
+    for i, w in enumerate(WORDS):
+        if break_after is not None and i == break_after:
+            raise ConnectionResetError("fault: dropping the connection mid-stream")
+        if bad and i == 0:
+            yield b"data: {this is not json\n\n"
+            return
+        finish = "stop" if i == len(WORDS) - 1 else None
+        yield b"data: " + json.dumps(_chunk(i, w, finish, legacy)).encode() + b"\n\n"
+        await asyncio.sleep(0)
+    if usage:
+        yield b"data: " + json.dumps({"id": "up-1", "object": "chat.completion.chunk", "created": 0, "model": "fault-model",
+                                      "choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 6, "total_tokens": 13}}).encode() + b"\n\n"
+    yield b"data: [DONE]\n\n"
+
+
+def _whole(legacy: bool) -> dict[str, object]:
+    text = "".join(WORDS)
+    usage = {"prompt_tokens": 7, "completion_tokens": 6, "total_tokens": 13}
+    base = {"id": "up-1", "created": int(time.time()), "model": "fault-model", "usage": usage}
+    if legacy:
+        return base | {"object": "text_completion", "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": "stop"}]}
+    return base | {"object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}
+
+
+async def complete(request: Request) -> Response:
+    mode = request.path_params["mode"]
+    if mode == "ctl":
+        mode = str(STATE["mode"])
+    COUNTS[mode] += 1
+    body = await request.json()
+    legacy = request.url.path.endswith("/v1/completions")
+    stream = bool(body.get("stream"))
+    usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    if mode == "500":
+        return JSONResponse({"error": {"code": 500, "message": "llama_decode failed", "type": "server_error"}}, status_code=500)
+    if mode == "429":
+        return JSONResponse({"error": {"message": "Too many requests", "type": "rate_limit"}}, status_code=429, headers={"retry-after": "1"})
+    if mode == "vllm400":
+        return JSONResponse({"object": "error", "message": "This model's maximum context length is 10 tokens.",
+                             "type": "BadRequestError", "param": None, "code": 400}, status_code=400)
+    if mode == "badjson":
+        return Response(b"{this is not json", media_type="application/json")
+    if mode == "slow":
+        await asyncio.sleep(3)
+    if not stream:
+        return JSONResponse(_whole(legacy))
+    if mode == "disconnect":
+        return StreamingResponse(_stream(legacy, usage, break_after=2), media_type="text/event-stream")
+    if mode == "badevent":
+        return StreamingResponse(_stream(legacy, usage, bad=True), media_type="text/event-stream")
+    return StreamingResponse(_stream(legacy, usage), media_type="text/event-stream")
+
+
+async def control(request: Request) -> Response:
+    body = await request.json()
+    if body.get("reset"):
+        COUNTS.clear()
+    if "mode" in body:
+        STATE["mode"] = body["mode"]
+    return JSONResponse({"mode": STATE["mode"]})
+
+
+async def stats(request: Request) -> Response:
+    return JSONResponse(dict(COUNTS))
+
+
+async def health(request: Request) -> Response:
+    return PlainTextResponse("ok")
+
+
+app = Starlette(
+    routes=[
+        Route("/{mode}/v1/chat/completions", complete, methods=["POST"]),
+        Route("/{mode}/v1/completions", complete, methods=["POST"]),
+        Route("/control", control, methods=["POST"]),
+        Route("/stats", stats),
+        Route("/health", health),
+    ]
+)
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--port", type=int, required=True)
+    args = ap.parse_args()
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")

@@ -1,0 +1,117 @@
+"""Routing parts on their own: breaker, rate limiter, features and scoring, the embedded default's cloud tier."""
+
+from __future__ import annotations
+
+import pytest
+
+from hybrid.config import default_config
+from hybrid.errors import RateLimitError
+from hybrid.limits import RateLimiter
+from hybrid.protocol import parse_chat_request
+from hybrid.routing.breaker import BreakerState, CircuitBreaker
+from hybrid.routing.features import extract_features
+from hybrid.routing.scoring import HeuristicScorer, load_scorer
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_breaker_opens_after_threshold_and_probes_once() -> None:
+    clock = Clock()
+    b = CircuitBreaker(failure_threshold=3, cooldown_s=10, clock=clock)
+    for _ in range(2):
+        b.record_failure()
+        assert b.allow()
+    b.record_failure()
+    assert b.state is BreakerState.OPEN and not b.allow() and b.cooling()
+    clock.t += 10
+    assert b.allow()  # the probe
+    assert not b.allow()  # only one at a time
+    b.record_failure()  # probe failed: cooldown doubles
+    assert b.retry_after_s() == 20
+    clock.t += 20
+    assert b.allow()
+    b.record_success()
+    assert b.state is BreakerState.CLOSED and b.failures == 0 and b.allow()
+
+
+def test_breaker_honours_retry_after_at_once() -> None:
+    clock = Clock()
+    b = CircuitBreaker(failure_threshold=5, cooldown_s=30, clock=clock)
+    b.record_failure(retry_after_s=2)
+    assert b.cooling() and b.retry_after_s() == 2
+    clock.t += 2
+    assert b.allow()
+
+
+def test_success_resets_the_failure_count() -> None:
+    b = CircuitBreaker(failure_threshold=2, cooldown_s=1, clock=Clock())
+    b.record_failure()
+    b.record_success()
+    b.record_failure()
+    assert b.state is BreakerState.CLOSED
+
+
+def test_rate_limiter_requests_and_tokens() -> None:
+    clock = Clock()
+    rl = RateLimiter(requests_per_min=2, tokens_per_min=100, clock=clock)
+    rl.admit("a", 10)
+    rl.admit("a", 10)
+    with pytest.raises(RateLimitError) as info:
+        rl.admit("a", 10)
+    assert info.value.headers["retry-after"] == "30"
+    rl.admit("b", 10)  # keys are independent
+    clock.t += 30
+    charged = rl.admit("a", 70)
+    assert charged == 70
+    rl.settle("a", charged, used=20)  # most of the estimate comes back
+    clock.t += 30
+    rl.admit("a", 70)
+    with pytest.raises(RateLimitError, match="tokens per minute"):
+        rl.admit("a", 95)
+
+
+def _features(content: str, **extra: object):  # type: ignore[no-untyped-def]
+    return extract_features(parse_chat_request({"model": "auto", "messages": [{"role": "user", "content": content}], **extra}))
+
+
+def test_scores_order_simple_below_complex() -> None:
+    s = HeuristicScorer()
+    simple = s.score(_features("What is the capital of France?"))
+    code = s.score(_features("Debug this step by step:\n```python\nprint(1)\n```"))
+    tools = s.score(_features("weather?", tools=[{"type": "function", "function": {"name": "w"}}]))
+    assert simple < 0.1 < code and code >= 0.5 and tools >= 0.4
+
+
+def test_features_count_cues_and_turns() -> None:
+    req = parse_chat_request({"model": "auto", "messages": [
+        {"role": "system", "content": "x"}, {"role": "user", "content": "Prove it, then analyze."},
+        {"role": "assistant", "content": "ok"}, {"role": "user", "content": "and compare"}]})
+    f = extract_features(req)
+    assert (f.turns, f.reasoning_cues) == (3, 3)
+
+
+class ConstantScorer:
+    def score(self, features: object) -> float:
+        return 0.99
+
+
+def test_pluggable_scorer() -> None:
+    assert load_scorer("tests.test_routing_units:ConstantScorer").score(None) == 0.99  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        load_scorer("tests.test_routing_units")
+
+
+def test_embedded_default_adds_cloud_tier_from_environment() -> None:
+    cfg = default_config({"OPENAI_API_KEY": "sk-test"})
+    cloud = [b for b in cfg.backends if b.tier == "cloud"]
+    assert [(b.name, b.base_url, b.api_key_env) for b in cloud] == [("openai", "https://api.openai.com/v1", "OPENAI_API_KEY")]
+    assert any("OPENAI_API_KEY is set" in n for n in cfg.notes)
+    local_only = default_config({})
+    assert [b.tier for b in local_only.backends] == ["local"]
+    assert "running local-only" in local_only.notes[0]
