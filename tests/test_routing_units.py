@@ -66,14 +66,18 @@ def test_rate_limiter_requests_and_tokens() -> None:
         rl.admit("a", 10)
     assert info.value.headers["retry-after"] == "30"
     rl.admit("b", 10)  # keys are independent
-    clock.t += 30
+
+
+def test_rate_limiter_settles_tokens_with_real_usage() -> None:
+    clock = Clock()
+    rl = RateLimiter(requests_per_min=0, tokens_per_min=100, clock=clock)
     charged = rl.admit("a", 70)
     assert charged == 70
-    rl.settle("a", charged, used=20)  # most of the estimate comes back
-    clock.t += 30
+    with pytest.raises(RateLimitError, match="tokens per minute") as info:
+        rl.admit("a", 70)
+    assert info.value.retry_after_s == pytest.approx(24.0)  # 40 tokens short at 100/min
+    rl.settle("a", charged, used=20)  # the estimate was high: 50 come back
     rl.admit("a", 70)
-    with pytest.raises(RateLimitError, match="tokens per minute"):
-        rl.admit("a", 95)
 
 
 def _features(content: str, **extra: object):  # type: ignore[no-untyped-def]
