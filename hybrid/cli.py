@@ -37,6 +37,7 @@ def _serve(args: argparse.Namespace) -> int:
         http="httptools",
         log_level=cfg.server.log_level,
         access_log=False,
+        proxy_headers=False,
         timeout_graceful_shutdown=10,
     )
     return 0

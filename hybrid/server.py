@@ -11,9 +11,9 @@ import contextlib
 import gc
 import hmac
 import logging
+import os
 import re
-import uuid
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import orjson
@@ -67,12 +67,18 @@ def error_response(err: HybridError) -> JSONResponse:
     return JSONResponse(err.to_dict(), status_code=err.status_code, headers=err.headers)
 
 
-class RequestMiddleware:
-    """Pure ASGI: a request id on every response, and bearer-token auth for the API paths."""
+Handler = Callable[[Request], Awaitable[Response]]
 
-    def __init__(self, app: ASGIApp, api_keys: list[str]) -> None:
+
+class RequestMiddleware:
+    """Pure ASGI: a request id on every response, bearer-token auth for the API paths, and a direct path to the
+    inference handlers (the hot path skips Starlette's routing and exception middleware: about a fifth of the
+    router's own latency); everything else goes through the Starlette app."""
+
+    def __init__(self, app: ASGIApp, api_keys: list[str], hot: dict[tuple[str, str], Handler]) -> None:
         self.app = app
         self.api_keys = [k.encode() for k in api_keys]
+        self.hot = hot
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -88,7 +94,7 @@ class RequestMiddleware:
             elif name == b"authorization":
                 auth = value
         if rid is None:
-            rid = uuid.uuid4().hex
+            rid = os.urandom(16).hex()
         state = scope.setdefault("state", {})
         state["request_id"] = rid
         rid_header = (b"x-request-id", rid.encode())
@@ -111,7 +117,17 @@ class RequestMiddleware:
         else:
             client = scope.get("client")
             state["tenant"] = f"addr:{client[0]}" if client else "anonymous"
-        await self.app(scope, receive, send_with_id)
+        handler = self.hot.get((scope["method"], scope["path"]))
+        if handler is None:
+            await self.app(scope, receive, send_with_id)
+            return
+        try:
+            response = await handler(Request(scope, receive))
+        except HybridError as err:
+            response = error_response(err)
+        except Exception as exc:
+            response = await _on_crash(Request(scope, receive), exc)
+        await response(scope, receive, send_with_id)
 
     def _authorized(self, auth: bytes) -> int:
         """1-based index of the matching key, 0 for none."""
@@ -199,9 +215,11 @@ class HybridApp:
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         await self.gateway.start()
-        # Start-up objects live for the process: keep them out of the cyclic GC's way (p99 tail).
+        # Start-up objects live for the process: keep them out of the cyclic GC's way, and collect the young
+        # generation less often (request objects are short-lived and acyclic): both shorten the p99 tail.
         gc.collect()
         gc.freeze()
+        gc.set_threshold(50_000, 20, 100)
         try:
             yield
         finally:
@@ -221,30 +239,29 @@ class HybridApp:
             lifespan=self.lifespan,
             exception_handlers={HybridError: _on_hybrid_error, HTTPException: _on_http_error, Exception: _on_crash},
         )
-        return RequestMiddleware(app, self.config.server.api_keys)
+        hot = {("POST", "/v1/chat/completions"): self.chat_completions, ("POST", "/v1/completions"): self.completions}
+        return RequestMiddleware(app, self.config.server.api_keys, hot)
 
 
-async def _unless_disconnected(work_coro: Coroutine[Any, Any, T], request: Request) -> T:
-    """Run a non-streaming answer; if the client goes away first, stop generation and free the slot."""
+async def _unless_disconnected(work: Coroutine[Any, Any, T], request: Request) -> T:
+    """Run a non-streaming answer; if the client goes away first, cancel it (generation stops, the slot is freed).
 
-    async def disconnected() -> None:
+    One watcher task per request, cancelled when the answer is ready: cheaper than racing two tasks."""
+    task = asyncio.current_task()
+    assert task is not None
+
+    async def watch() -> None:
         while True:
             message = await request.receive()
             if message["type"] == "http.disconnect":
+                task.cancel()
                 return
 
-    work = asyncio.ensure_future(work_coro)
-    watch = asyncio.ensure_future(disconnected())
+    watcher = asyncio.ensure_future(watch())
     try:
-        await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+        return await work
     finally:
-        watch.cancel()
-        if not work.done():
-            work.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await work
-            raise asyncio.CancelledError("client disconnected")
-    return work.result()
+        watcher.cancel()
 
 
 async def _sse(answer: Answer) -> AsyncIterator[bytes]:
