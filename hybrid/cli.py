@@ -64,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (overrides server.port)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(func=_serve)
+    probe = sub.add_parser("probe", help="probe the hardware and plan the local tier (same as scripts/probe_hardware.py)")
+    from hardware.cli import add_arguments, run
+
+    add_arguments(probe)
+    probe.set_defaults(func=run)
     return parser
 
 

@@ -57,6 +57,17 @@ class BackendConfig:
     max_concurrency: int = 0  # 0: no limit
     price_input_per_mtok: float = 0.0
     price_output_per_mtok: float = 0.0
+    # vllm: attach to base_url, or (no base_url) launch `vllm serve` as a managed child process
+    gpu_memory_utilization: float = 0.90
+    max_num_seqs: int = 0  # 0: vLLM's default
+    tensor_parallel: int = 1
+    quantization: str = ""  # fp8, awq, gptq, ... ("" : the checkpoint's own)
+    kv_cache_dtype: str = ""  # "" : auto
+    served_model_name: str = ""  # "" : model
+    launch: list[str] = field(default_factory=list)  # replaces `vllm serve ...`; {port} and {model} are filled in
+    health_path: str = "/health"
+    startup_timeout_s: float = 1200.0
+    metrics_interval_s: float = 1.0
 
 
 @dataclass
@@ -221,8 +232,13 @@ def _check_backend(b: BackendConfig, path: str) -> None:
             b.models = [b.model]
         if not b.models:
             raise ConfigError(f"{path}.models: list the model ids this backend serves")
-    if b.kind == "vllm" and not b.model:
-        raise ConfigError(f"{path}.model: required for kind 'vllm'")
+    if b.kind == "vllm":
+        if not b.model:
+            raise ConfigError(f"{path}.model: required for kind 'vllm' (a Hugging Face id or a local path)")
+        if not 0.05 <= b.gpu_memory_utilization <= 1.0:
+            raise ConfigError(f"{path}.gpu_memory_utilization: must be between 0.05 and 1")
+        if b.tensor_parallel < 1:
+            raise ConfigError(f"{path}.tensor_parallel: must be >= 1")
     if b.base_url and not b.base_url.startswith(("http://", "https://")):
         raise ConfigError(f"{path}.base_url: must start with http:// or https:// (got {b.base_url!r})")
     if b.context < 0:

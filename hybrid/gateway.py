@@ -147,6 +147,7 @@ class Gateway:
 
     async def start(self) -> None:
         for b in self.backends:
+            b.on_models_changed = self.resolver.refresh_models
             try:
                 await b.start()
             except Exception:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from hybrid.config import BackendConfig
@@ -48,6 +48,8 @@ class Backend(abc.ABC):
         self.kind = cfg.kind
         self.state = BackendState.LOADING
         self.state_detail = ""
+        #: called when the model ids change after start (a vLLM server reports its own); the gateway re-indexes
+        self.on_models_changed: Callable[[], None] | None = None
 
     @property
     @abc.abstractmethod
