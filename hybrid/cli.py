@@ -69,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(probe)
     probe.set_defaults(func=run)
+    cache = sub.add_parser("cache", help="inspect, clear or export the response cache")
+    from hybrid.cache import cli as cache_cli
+
+    cache_cli.add_arguments(cache)
+    cache.set_defaults(func=cache_cli.run)
     return parser
 
 

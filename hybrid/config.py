@@ -30,6 +30,8 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     api_keys: list[str] = field(default_factory=list)
+    # teams share cache entries: {"support" = ["env:KEY_A", "env:KEY_B"]}; keys listed here need no api_keys entry
+    teams: dict[str, list[str]] = field(default_factory=dict)
     max_body_bytes: int = 10 * 1024 * 1024
     log_level: str = "info"
 
@@ -91,11 +93,28 @@ class LimitsConfig:
 
 
 @dataclass
+class CacheConfig:
+    backend: str = "sqlite"  # sqlite | redis | off
+    path: str = ""  # sqlite file; "" : ~/.cache/hybrid/cache.sqlite3 (HYBRID_CACHE_DIR moves it)
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "hybrid:cache:"
+    ttl_s: float = 86400.0
+    max_entries: int = 100_000  # sqlite: least recently used entries beyond this are evicted
+    semantic: bool = True
+    similarity_threshold: float = 0.90
+    deterministic_only: bool = True  # cache only temperature 0 or seeded requests
+    shared_models: list[str] = field(default_factory=list)  # models/tiers whose entries all tenants share
+    embedder: str = "local"  # "local" (MiniLM on the CPU) or the name of an openai-kind backend
+    embedding_model: str = ""  # model id to ask an embeddings backend for
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     backends: list[BackendConfig] = field(default_factory=list)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     source: str = "<embedded default>"
     notes: list[str] = field(default_factory=list)  # what the embedded default decided, said at start-up
 
@@ -164,12 +183,18 @@ def load_config(path: str | Path | None) -> Config:
 
 
 def parse_config(raw: dict[str, Any]) -> Config:
-    known = {"server", "backends", "routing", "limits"}
+    known = {"server", "backends", "routing", "limits", "cache"}
     for key in raw:
         if key not in known:
             raise ConfigError(f"{key}: unknown section (known: {', '.join(sorted(known))})")
     server = _build(ServerConfig, raw.get("server", {}), "server")
     server.api_keys = [_resolve_key(v, f"server.api_keys[{i}]") for i, v in enumerate(server.api_keys)]
+    server.teams = {
+        team: [_resolve_key(v, f"server.teams.{team}[{i}]") for i, v in enumerate(keys)]
+        for team, keys in server.teams.items()
+    }
+    for keys in server.teams.values():
+        server.api_keys.extend(k for k in keys if k not in server.api_keys)
     if not 0 <= server.port <= 65535:
         raise ConfigError(f"server.port: must be between 0 and 65535 (got {server.port})")
     if server.max_body_bytes <= 0:
@@ -206,7 +231,16 @@ def parse_config(raw: dict[str, Any]) -> Config:
     limits = _build(LimitsConfig, raw.get("limits", {}), "limits")
     if limits.requests_per_min < 0 or limits.tokens_per_min < 0:
         raise ConfigError("limits: rates must be >= 0")
-    return Config(server=server, backends=backends, routing=routing, limits=limits)
+    cache = _build(CacheConfig, raw.get("cache", {}), "cache")
+    if cache.backend not in ("sqlite", "redis", "off"):
+        raise ConfigError(f"cache.backend: must be one of sqlite, redis, off (got {cache.backend!r})")
+    if not 0.0 < cache.similarity_threshold <= 1.0:
+        raise ConfigError("cache.similarity_threshold: must be in (0, 1]")
+    if cache.ttl_s < 0 or cache.max_entries < 1:
+        raise ConfigError("cache: ttl_s must be >= 0 and max_entries >= 1")
+    if cache.embedder != "local" and cache.embedder not in names:
+        raise ConfigError(f"cache.embedder: 'local' or a backend name (got {cache.embedder!r})")
+    return Config(server=server, backends=backends, routing=routing, limits=limits, cache=cache)
 
 
 def _check_backend(b: BackendConfig, path: str) -> None:
@@ -282,6 +316,11 @@ def _type_name(tp: Any) -> str:
 
 def _check_type(value: Any, tp: Any, path: str) -> Any:
     origin = typing.get_origin(tp)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: must be a table")
+        _, item = typing.get_args(tp)
+        return {k: _check_type(v, item, f"{path}.{k}") for k, v in value.items()}
     if origin in (typing.Union, types.UnionType):
         for arg in typing.get_args(tp):
             if arg is type(None) and value is None:

@@ -26,7 +26,8 @@ from hybrid.errors import (
     UpstreamError,
 )
 from hybrid.limits import RateLimiter
-from hybrid.protocol import Chunk, InferenceRequest, is_usage_chunk, make_usage, make_usage_chunk
+from hybrid.cache.cache import CacheLookup, ResponseCache, replay_chunks
+from hybrid.protocol import Chunk, InferenceRequest, assemble, is_usage_chunk, make_usage, make_usage_chunk
 from hybrid.routing.breaker import CircuitBreaker
 from hybrid.routing.decision import RouteDecision, Target
 from hybrid.routing.policy import AutoPolicy
@@ -42,7 +43,8 @@ DEFAULT_OUTPUT_ESTIMATE = 256  # tokens charged up front when a request sets no 
 class RequestContext:
     request_id: str
     headers: dict[str, str] = field(default_factory=dict)
-    tenant: str = "anonymous"  # whom rate limits (and later the cache and ledger) are scoped to
+    tenant: str = "anonymous"  # whom rate limits and cache entries are scoped to
+    cache_control: str | None = None
 
     @property
     def completion_id(self) -> str:
@@ -64,6 +66,8 @@ class Answer:
         rest: AsyncIterator[Chunk],
         count: Callable[[InferenceRequest, str], Awaitable[tuple[int, int]]],
         on_done: Callable[[bool, HybridError | None, dict[str, int] | None], None],
+        lookup: CacheLookup | None = None,
+        on_complete: Callable[[list[Chunk]], None] | None = None,
     ) -> None:
         self.req = req
         self.ctx = ctx
@@ -75,20 +79,26 @@ class Answer:
         self._rest = rest
         self._count = count
         self._on_done = on_done
+        self.lookup = lookup
+        self._on_complete = on_complete  # gets every chunk of a complete answer (to cache it)
         self.usage: dict[str, int] | None = None
 
     @property
     def headers(self) -> dict[str, str]:
-        return {
+        h = {
             "x-hybrid-tier": self.target.tier,
             "x-hybrid-backend": self.target.backend.name,
             "x-hybrid-route-reason": self.reason,
         }
+        if self.lookup is not None:
+            h.update(self.lookup.headers)
+        return h
 
     async def chunks(self) -> AsyncIterator[Chunk]:
         """The answer's chunks under the router's id, always ending with a usage chunk."""
         cid = self.ctx.completion_id
         text: list[str] = []
+        kept: list[Chunk] | None = [] if self._on_complete is not None else None
         outcome: tuple[bool, HybridError | None] | None = None
         try:
             chunk = self._first
@@ -107,14 +117,21 @@ class Answer:
                         piece = (ch.get("delta") or {}).get("content")
                         if piece:
                             text.append(piece)
+                if kept is not None:
+                    kept.append(chunk)
                 yield chunk
                 chunk = None
             if self.usage is None:
                 # the upstream sent none: count ourselves so include_usage and the ledger always work
                 prompt, completion = await self._count(self.req, "".join(text))
                 self.usage = make_usage(prompt, completion)
-                yield make_usage_chunk(cid, self.target.model, self.usage)
+                usage_chunk = make_usage_chunk(cid, self.target.model, self.usage)
+                if kept is not None:
+                    kept.append(usage_chunk)
+                yield usage_chunk
             outcome = (True, None)
+            if kept is not None and self._on_complete is not None:
+                self._on_complete(kept)
         except HybridError as err:
             outcome = (False, err)
             raise
@@ -131,10 +148,35 @@ class Answer:
                 self._on_done(True, None, self.usage)
 
 
+class CachedAnswer:
+    """A cache hit, replayed as the chunk stream a backend would have sent."""
+
+    def __init__(self, req: InferenceRequest, ctx: RequestContext, lookup: CacheLookup, store: str) -> None:
+        self.req = req
+        self.ctx = ctx
+        self.lookup = lookup
+        self.store = store
+        assert lookup.entry is not None
+        self.usage = lookup.entry.answer.get("usage")
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"x-hybrid-tier": "cache", "x-hybrid-backend": self.store,
+                "x-hybrid-route-reason": f"cache:{self.lookup.status}"} | self.lookup.headers
+
+    async def chunks(self) -> AsyncIterator[Chunk]:
+        assert self.lookup.entry is not None
+        cid = self.ctx.completion_id
+        for chunk in replay_chunks(self.lookup.entry, self.req.kind):
+            chunk["id"] = cid
+            yield chunk
+
+
 class Gateway:
-    def __init__(self, config: Config, backends: list[Backend]) -> None:
+    def __init__(self, config: Config, backends: list[Backend], cache: ResponseCache | None = None) -> None:
         self.config = config
         self.backends = backends
+        self.cache = cache
         self.resolver = ModelResolver(backends)
         rc = config.routing
         self.policy = AutoPolicy(rc, load_scorer(rc.scorer), self.resolver.tiers)
@@ -155,8 +197,12 @@ class Gateway:
                 raise
         self.resolver.refresh_models()
         self._tokenizer = next((b for b in self.backends if b.kind == "llamacpp"), None)
+        if self.cache is not None:
+            await self.cache.start()
 
     async def stop(self) -> None:
+        if self.cache is not None:
+            await self.cache.close()
         for b in self.backends:
             try:
                 await b.stop()
@@ -215,19 +261,27 @@ class Gateway:
 
     # ------------------------------------------------------------------------------------------ dispatch
 
-    async def handle(self, req: InferenceRequest, ctx: RequestContext) -> Answer:
-        """Admit, route and dispatch; returns with the first chunk in hand."""
+    async def handle(self, req: InferenceRequest, ctx: RequestContext) -> Answer | CachedAnswer:
+        """Look up the cache; else admit, route and dispatch, returning with the first chunk in hand."""
+        lookup: CacheLookup | None = None
+        if self.cache is not None:
+            lookup = await self.cache.lookup(req, ctx.tenant, ctx.cache_control, ctx.headers.get("x-hybrid-cache-namespace"))
+            if lookup.hit:
+                return CachedAnswer(req, ctx, lookup, self.cache.store.name)
         charged = 0
         if self.limiter.enabled:
             est = len(req.text()) // 4 + (req.max_tokens or DEFAULT_OUTPUT_ESTIMATE)
             charged = self.limiter.admit(ctx.tenant, est)
         decision = await self.route(req, ctx)
         decision.charged_tokens = charged
+        decision.lookup = lookup
         return await self._dispatch(req, ctx, decision, 0)
 
-    async def complete(self, req: InferenceRequest, ctx: RequestContext) -> tuple[Answer, list[Chunk]]:
+    async def complete(self, req: InferenceRequest, ctx: RequestContext) -> tuple[Answer | CachedAnswer, list[Chunk]]:
         """A whole (non-streamed) answer: a backend that breaks off mid-answer still falls back."""
         answer = await self.handle(req, ctx)
+        if isinstance(answer, CachedAnswer):
+            return answer, [c async for c in answer.chunks()]
         while True:
             try:
                 return answer, [c async for c in answer.chunks()]
@@ -316,10 +370,16 @@ class Gateway:
                 reason += ";overflow:" + ",".join(overflowed)
             if i >= decision.primary or decision.failures:
                 reason += ";fallback:" + ",".join(decision.failures) if decision.failures else ";fallback"
+            lookup = decision.lookup
+            store = None
+            if self.cache is not None and lookup is not None and lookup.policy.write:
+                cache = self.cache
+                store = lambda chunks: cache.store_answer(req, lookup, assemble(chunks, req.kind))  # noqa: E731
             return Answer(
                 req, ctx, target, decision, i, reason, first, stream,
                 count=lambda r, t, b=backend: self._count_usage(b, r, t),
                 on_done=lambda ok, err, usage, b=breaker: self._done(ctx, decision, b, ok, err, usage),
+                lookup=lookup, on_complete=store,
             )
         if overflowed and last is None:
             # every target was busy: wait on the last one rather than fail
@@ -382,5 +442,8 @@ class Gateway:
             states[b.name] = entry
         local = [b for b in self.backends if b.kind in ("llamacpp", "vllm")] or self.backends
         ready = all(b.state is BackendState.UP for b in local)
-        return ready, {"status": "ready" if ready else "not-ready", "backends": states}
+        body: dict[str, object] = {"status": "ready" if ready else "not-ready", "backends": states}
+        if self.cache is not None:
+            body["cache"] = self.cache.state()
+        return ready, body
 

@@ -53,7 +53,7 @@ log = logging.getLogger("hybrid.server")
 
 T = TypeVar("T")
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_PUBLIC_PATHS = frozenset({"/health", "/ready"})
+_PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics"})
 
 
 class JSONResponse(Response):
@@ -75,10 +75,16 @@ class RequestMiddleware:
     inference handlers (the hot path skips Starlette's routing and exception middleware: about a fifth of the
     router's own latency); everything else goes through the Starlette app."""
 
-    def __init__(self, app: ASGIApp, api_keys: list[str], hot: dict[tuple[str, str], Handler]) -> None:
+    def __init__(
+        self, app: ASGIApp, api_keys: list[str], hot: dict[tuple[str, str], Handler], teams: dict[str, list[str]]
+    ) -> None:
         self.app = app
         self.api_keys = [k.encode() for k in api_keys]
         self.hot = hot
+        # the tenant of each key (1-based, as _authorized answers): its team, else the key's position
+        team_of = {k: team for team, keys in teams.items() for k in keys}
+        self.tenants = [""] + [f"team:{team_of[k]}" if k in team_of else f"key{i}" for i, k in enumerate(api_keys, 1)]
+        self.metrics_path = "/metrics"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -113,7 +119,7 @@ class RequestMiddleware:
             return
         # whom limits are scoped to: the key's position in server.api_keys (never the key itself), else the client
         if self.api_keys:
-            state["tenant"] = f"key{key_index}"
+            state["tenant"] = self.tenants[key_index]
         else:
             client = scope.get("client")
             state["tenant"] = f"addr:{client[0]}" if client else "anonymous"
@@ -147,7 +153,12 @@ class HybridApp:
 
     def __init__(self, config: Config, gateway: Gateway | None = None) -> None:
         self.config = config
-        self.gateway = gateway or Gateway(config, [create_backend(b) for b in config.backends])
+        if gateway is None:
+            from hybrid.cache import build_cache
+
+            backends = [create_backend(b) for b in config.backends]
+            gateway = Gateway(config, backends, build_cache(config, {b.name: b for b in backends}))
+        self.gateway = gateway
         self.max_body = config.server.max_body_bytes
 
     # ------------------------------------------------------------------------------------------ helpers
@@ -171,6 +182,7 @@ class HybridApp:
             request_id=state["request_id"],
             headers={k: v for k, v in request.headers.items() if k.startswith("x-hybrid-")},
             tenant=state.get("tenant", "anonymous"),
+            cache_control=request.headers.get("cache-control"),
         )
 
     # ------------------------------------------------------------------------------------------ endpoints
@@ -203,6 +215,18 @@ class HybridApp:
                 return JSONResponse(card)
         raise ModelNotFoundError(f"The model '{model_id}' does not exist.", param="model")
 
+    async def embeddings(self, request: Request) -> Response:
+        from hybrid.embeddings_endpoint import embeddings_response
+
+        cache = self.gateway.cache
+        embedder = cache.embedder if cache is not None else None
+        return JSONResponse(await embeddings_response(parse_json_body(await self._read_body(request)), embedder))
+
+    async def metrics(self, request: Request) -> Response:
+        from hybrid.metrics import METRICS
+
+        return Response(METRICS.render(), media_type="text/plain; version=0.0.4")
+
     async def health(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -230,6 +254,8 @@ class HybridApp:
             Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
             Route("/v1/completions", self.completions, methods=["POST"]),
             Route("/v1/models", self.models, methods=["GET"]),
+            Route("/v1/embeddings", self.embeddings, methods=["POST"]),
+            Route("/metrics", self.metrics, methods=["GET"]),
             Route("/v1/models/{model:path}", self.model, methods=["GET"]),
             Route("/health", self.health, methods=["GET"]),
             Route("/ready", self.ready, methods=["GET"]),
@@ -240,7 +266,7 @@ class HybridApp:
             exception_handlers={HybridError: _on_hybrid_error, HTTPException: _on_http_error, Exception: _on_crash},
         )
         hot = {("POST", "/v1/chat/completions"): self.chat_completions, ("POST", "/v1/completions"): self.completions}
-        return RequestMiddleware(app, self.config.server.api_keys, hot)
+        return RequestMiddleware(app, self.config.server.api_keys, hot, self.config.server.teams)
 
 
 async def _unless_disconnected(work: Coroutine[Any, Any, T], request: Request) -> T:

