@@ -41,28 +41,28 @@ def _rows(p: Plan, limit: int) -> list[GpuFit | CpuFit | None]:
     return rows
 
 
+def _gpu_row(f: GpuFit) -> str:
+    return (f"{f.model:27s} {f.dtype:9s} {f.tensor_parallel:2d}  {_gib(f.weights_per_gpu):>11s}  "
+            f"{_gib(f.kv_budget_per_gpu):>13s}  {f.kv_tokens:9d}  {f.max_model_len:7d}  {f.max_concurrency:14d}")
+
+
+def _cpu_row(f: CpuFit) -> str:
+    return (f"{f.model:27s} {f.quant:7s} {_gib(f.weights_bytes):>10s}  {_gib(f.total_bytes):>10s}  "
+            f"{f.est_tokens_per_s:13.1f}")
+
+
 def format_plan(p: Plan, limit: int = 10) -> str:
     out = [f"Plan for {p.hardware}: local tier on {p.engine} (* = chosen)"]
     if p.engine == "vllm":
         out.append("  model                       dtype     TP  weights/GPU  KV budget/GPU  KV tokens  max len  concurrency@4k")
-        for f in _rows(p, limit):
-            if f is None:
-                out.append("  ...")
-                continue
-            assert isinstance(f, GpuFit)
-            mark = "*" if f is p.choice else " "
-            out.append(f" {mark}{f.model:27s} {f.dtype:9s} {f.tensor_parallel:2d}  {_gib(f.weights_per_gpu):>11s}  "
-                       f"{_gib(f.kv_budget_per_gpu):>13s}  {f.kv_tokens:9d}  {f.max_model_len:7d}  {f.max_concurrency:14d}")
     else:
         out.append("  model                       quant    file size  RAM needed  est. tokens/s")
-        for f in _rows(p, limit):
-            if f is None:
-                out.append("  ...")
-                continue
-            assert isinstance(f, CpuFit)
-            mark = "*" if f is p.choice else " "
-            out.append(f" {mark}{f.model:27s} {f.quant:7s} {_gib(f.weights_bytes):>10s}  {_gib(f.total_bytes):>10s}  "
-                       f"{f.est_tokens_per_s:13.1f}")
+    for f in _rows(p, limit):
+        if f is None:
+            out.append("  ...")
+            continue
+        row = _gpu_row(f) if isinstance(f, GpuFit) else _cpu_row(f)
+        out.append(f" {'*' if f is p.choice else ' '}{row}")
     out.append(f"  {len(p.candidates)} catalog models fit in all")
     out += [f"  {n}" for n in p.notes]
     return "\n".join(out)

@@ -81,6 +81,9 @@ model = "{model}"
 context = {args.context}
 threads = {args.threads}
 chat_format = "gemma"
+
+[cache]
+backend = "off"  # the rounds repeat their prompts: measure generation, not cache hits
 """
     router = start_router(config, Path(tempfile.mkdtemp(prefix="bench-local-")))
     totals = {"direct": [0, 0.0], "router": [0, 0.0]}

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.procs import free_port, start_router  # noqa: E402
+from tests.procs import ManagedProcess, free_port, start_router  # noqa: E402
 
 ANSWER = {
     "id": "chatcmpl-static", "object": "chat.completion", "created": 1700000000, "model": "static",
@@ -76,6 +76,22 @@ http {{
     raise RuntimeError("nginx did not start: " + (workdir / "error.log").read_text())
 
 
+def start_static_router(upstream: str, work: Path) -> ManagedProcess:
+    """A single-worker router whose one backend is the nginx upstream. Its cache is on, without the semantic
+    layer (no embedding model to load): non-deterministic requests consult and bypass it."""
+    return start_router(f"""
+[[backends]]
+name = "static"
+kind = "openai"
+tier = "cloud"
+base_url = "{upstream}/v1"
+models = ["static"]
+
+[cache]
+semantic = false
+""", work)
+
+
 def wrk(url: str, script: Path, duration: int, connections: int) -> dict[str, float]:
     """One wrk run; the script decides whether connections pace themselves (latency) or not (throughput)."""
     out = subprocess.run(
@@ -117,14 +133,7 @@ def main() -> int:
     nginx, upstream = start_nginx(work)
     router = None
     try:
-        router = start_router(f"""
-[[backends]]
-name = "static"
-kind = "openai"
-tier = "cloud"
-base_url = "{upstream}/v1"
-models = ["static"]
-""", work)
+        router = start_static_router(upstream, work)
         results: dict[str, list[dict[str, float]]] = {"direct": [], "router": [], "direct-max": [], "router-max": []}
         wrk(upstream, flat_out, 2, args.connections)  # warm-up
         wrk(router.url, flat_out, 2, args.connections)

@@ -18,7 +18,7 @@ import numpy as np
 
 from hybrid.cache.embeddings import Embedder, EmbedderUnavailable, HttpEmbedder, LocalMiniLM
 from hybrid.cache.guard import disagreement
-from hybrid.cache.keys import conversation_text, exact_key, params_key
+from hybrid.cache.keys import conversation_text, keys_of
 from hybrid.cache.policy import CachePolicy, decide
 from hybrid.cache.store import CacheEntry, CacheStore
 from hybrid.config import CacheConfig, Config
@@ -97,13 +97,17 @@ class ResponseCache:
     async def lookup(self, req: InferenceRequest, tenant: str, cache_control: str | None, namespace: str | None) -> CacheLookup:
         policy = decide(req, tenant, cache_control, namespace, self.cfg.ttl_s, self.cfg.deterministic_only,
                         self.cfg.shared_models)
-        key = policy.scope + exact_key(req)[:40]
-        found = CacheLookup("bypass" if not policy.read else "miss", policy, key, policy.scope + params_key(req))
         if not policy.read:
             METRICS.inc("hybrid_cache_lookups_total", "Cache lookups by result", result="bypass")
+            if not policy.write:  # nothing to read or write: no keys to compute
+                return CacheLookup("bypass", policy)
+        exact, params = keys_of(req)
+        found = CacheLookup("bypass" if not policy.read else "miss", policy, policy.scope + exact[:40],
+                            policy.scope + params)
+        if not policy.read:
             return found
         try:
-            entry = await self.store.get(key)
+            entry = await self.store.get(found.key)
         except Exception as exc:
             log.warning("cache: exact lookup failed (%s); treating as a miss", exc)
             METRICS.inc(*_ERRORS, op="get")

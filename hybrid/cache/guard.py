@@ -7,6 +7,7 @@ numbers, negation, polarity words (enable/disable, increase/decrease, ...), name
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -29,9 +30,8 @@ NEGATIONS = {
     "weren't", "won't", "wont", "wouldn't", "shouldn't", "couldn't", "haven't", "hasn't", "hadn't", "mustn't",
     "n't", "nicht", "kein", "keine", "pas", "jamais", "nunca", "nada", "sin", "non", "nie",
 }
-# words whose swap inverts a request: any difference in which of these appear rejects the hit
-POLARITY = {
-    w for pair in (
+# antonym pairs: a hit is refused when one text has one side and the other text the other side
+_ANTONYM_PAIRS = (
         "enable disable", "enabled disabled", "activate deactivate", "on off", "increase decrease", "add remove",
         "install uninstall", "allow deny", "allow block", "block unblock", "encrypt decrypt", "encode decode",
         "import export", "upload download", "buy sell", "start stop", "open close", "lock unlock", "show hide",
@@ -45,9 +45,12 @@ POLARITY = {
         "upgrade downgrade", "join leave", "login logout", "sign-in sign-out", "merge split", "create delete",
         "insert delete", "freeze unfreeze", "mute unmute", "follow unfollow", "pause resume", "hire fire",
         "import export", "synchronous asynchronous", "sync async", "public private", "internal external",
-    )
-    for w in pair.split()
-}
+)
+ANTONYMS: dict[str, set[str]] = {}
+for _pair in _ANTONYM_PAIRS:
+    _a, _b = _pair.split()
+    ANTONYMS.setdefault(_a, set()).add(_b)
+    ANTONYMS.setdefault(_b, set()).add(_a)
 UNITS = {
     "km": "km", "kilometer": "km", "kilometers": "km", "kilometre": "km", "kilometres": "km", "mile": "mi",
     "miles": "mi", "mi": "mi", "m": "m", "meter": "m", "meters": "m", "metre": "m", "metres": "m", "cm": "cm",
@@ -124,7 +127,9 @@ def _language(words: list[str], text: str) -> str:
     return best if scores[best] > 0 else ""
 
 
+@functools.lru_cache(maxsize=8192)
 def facts(text: str) -> Facts:
+    """What the guard compares, for one text (cached: stored entries come back as candidates again and again)."""
     text = unicodedata.normalize("NFKC", text)
     raw_words = _WORD.findall(text)
     words = [w.lower() for w in raw_words]
@@ -148,13 +153,21 @@ def facts(text: str) -> Facts:
     return Facts(
         numbers=frozenset(numbers),
         negated=negations % 2 == 1,
-        polarity=frozenset(w for w in words if w in POLARITY),
+        polarity=frozenset(w for w in words if w in ANTONYMS),
         entities=frozenset(entities),
         units=frozenset(units),
         unit_order=unit_order,
         language=_language(words, text),
         words=word_set,
     )
+
+
+def _opposed(fa: Facts, fb: Facts) -> bool:
+    """A word only ``fa`` has, whose antonym only ``fb`` has ("enable" here, "disable" there)."""
+    for w in fa.polarity - fb.polarity:
+        if any(o in fb.polarity and o not in fa.polarity for o in ANTONYMS[w]):
+            return True
+    return False
 
 
 def disagreement(a: str, b: str) -> str | None:
@@ -166,7 +179,7 @@ def disagreement(a: str, b: str) -> str | None:
         return "numbers"
     if fa.negated != fb.negated:
         return "negation"
-    if fa.polarity != fb.polarity:
+    if _opposed(fa, fb) or _opposed(fb, fa):
         return "polarity"
     if fa.units != fb.units or fa.unit_order != fb.unit_order:
         return "units"

@@ -67,12 +67,18 @@ def conversation_of(req: InferenceRequest) -> list[Any]:
     return out
 
 
+def keys_of(req: InferenceRequest) -> tuple[str, str]:
+    """(exact key, params key), the parameters normalised once."""
+    params = params_of(req)
+    return _digest({"p": params, "c": conversation_of(req)}), _digest(params)[:32]
+
+
 def exact_key(req: InferenceRequest) -> str:
-    return _digest({"p": params_of(req), "c": conversation_of(req)})
+    return keys_of(req)[0]
 
 
 def params_key(req: InferenceRequest) -> str:
-    return _digest(params_of(req))[:32]
+    return keys_of(req)[1]
 
 
 def conversation_text(req: InferenceRequest) -> str:

@@ -13,7 +13,7 @@ from usearch.index import Index
 def _new_index(dim: int) -> Index:
     # int8 vectors: a third of the build time and half the search time of f32 at the same recall here;
     # candidates are re-scored with the exact float32 cosine from the store
-    return Index(ndim=dim, metric="cos", dtype="i8", connectivity=16, expansion_add=32, expansion_search=64)
+    return Index(ndim=dim, metric="cos", dtype="i8", connectivity=16, expansion_add=32, expansion_search=32)
 
 
 class PartitionedIndex:
