@@ -1,6 +1,7 @@
 """The pipeline, and the one place where the parts meet.
 
-    rate limits -> route decision -> dispatch with overflow and fallbacks -> stream back -> usage, settlement
+    cache lookup -> rate limits -> route decision -> dispatch with overflow and fallbacks -> stream back
+    -> usage, limit settlement, cache store (after the answer, off its path)
 
 ``Gateway.handle`` returns an :class:`Answer` only once the first chunk has arrived from a backend, so every
 failure before the first byte is still a fallback or an HTTP error, never a broken stream. Streaming and
@@ -25,8 +26,8 @@ from hybrid.errors import (
     ServiceUnavailableError,
     UpstreamError,
 )
-from hybrid.limits import RateLimiter
 from hybrid.cache.cache import CacheLookup, ResponseCache, replay_chunks
+from hybrid.limits import RateLimiter
 from hybrid.protocol import Chunk, InferenceRequest, assemble, is_usage_chunk, make_usage, make_usage_chunk
 from hybrid.routing.breaker import CircuitBreaker
 from hybrid.routing.decision import RouteDecision, Target
@@ -65,7 +66,7 @@ class Answer:
         first: Chunk,
         rest: AsyncIterator[Chunk],
         count: Callable[[InferenceRequest, str], Awaitable[tuple[int, int]]],
-        on_done: Callable[[bool, HybridError | None, dict[str, int] | None], None],
+        on_done: Callable[[bool | None, HybridError | None, dict[str, int] | None], None],
         lookup: CacheLookup | None = None,
         on_complete: Callable[[list[Chunk]], None] | None = None,
     ) -> None:
@@ -92,6 +93,8 @@ class Answer:
         }
         if self.lookup is not None:
             h.update(self.lookup.headers)
+        else:  # the cache is off
+            h["x-hybrid-cache"] = "bypass"
         return h
 
     async def chunks(self) -> AsyncIterator[Chunk]:
@@ -145,7 +148,7 @@ class Answer:
             if outcome is not None:
                 self._on_done(outcome[0], outcome[1], self.usage)
             else:  # the consumer went away: neither the backend's success nor its failure
-                self._on_done(True, None, self.usage)
+                self._on_done(None, None, self.usage)
 
 
 class CachedAnswer:
@@ -395,11 +398,13 @@ class Gateway:
         ctx: RequestContext,
         decision: RouteDecision,
         breaker: CircuitBreaker,
-        ok: bool,
+        ok: bool | None,
         err: HybridError | None,
         usage: dict[str, int] | None,
     ) -> None:
-        if ok:
+        if ok is None:  # abandoned by the client: says nothing about the backend
+            breaker.release_probe()
+        elif ok:
             breaker.record_success()
         elif err is None or err.retryable:
             breaker.record_failure()

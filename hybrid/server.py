@@ -72,8 +72,8 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 class RequestMiddleware:
     """Pure ASGI: a request id on every response, bearer-token auth for the API paths, and a direct path to the
-    inference handlers (the hot path skips Starlette's routing and exception middleware: about a fifth of the
-    router's own latency); everything else goes through the Starlette app."""
+    inference handlers (the hot path skips Starlette's router and its two exception middlewares, mapping errors
+    itself); everything else goes through the Starlette app."""
 
     def __init__(
         self, app: ASGIApp, api_keys: list[str], hot: dict[tuple[str, str], Handler], teams: dict[str, list[str]]
@@ -84,7 +84,6 @@ class RequestMiddleware:
         # the tenant of each key (1-based, as _authorized answers): its team, else the key's position
         team_of = {k: team for team, keys in teams.items() for k in keys}
         self.tenants = [""] + [f"team:{team_of[k]}" if k in team_of else f"key{i}" for i, k in enumerate(api_keys, 1)]
-        self.metrics_path = "/metrics"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -117,7 +116,8 @@ class RequestMiddleware:
             )
             await error_response(err)(scope, receive, send_with_id)
             return
-        # whom limits are scoped to: the key's position in server.api_keys (never the key itself), else the client
+        # whom limits and cache entries are scoped to: the key's team or position (never the key itself), else
+        # the client's address
         if self.api_keys:
             state["tenant"] = self.tenants[key_index]
         else:

@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time

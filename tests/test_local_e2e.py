@@ -9,7 +9,6 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import sdk
 from tests.procs import ManagedProcess
 
 

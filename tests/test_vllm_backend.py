@@ -108,7 +108,12 @@ def test_managed_server_starts_serves_restarts_and_stops(managed: ManagedProcess
 
     os.kill(pid, signal.SIGKILL)  # the engine crashes
     _wait(lambda: _gone(pid), 10, "the killed server is still there")
-    _wait(lambda: _gpu_state(managed)["state"] == "up" and _child_pid(managed) != pid, 60, "no restart")
+
+    def restarted() -> bool:
+        state = _gpu_state(managed)  # one snapshot: state and detail change together
+        return state["state"] == "up" and state["detail"] != f"pid {pid}"
+
+    _wait(restarted, 60, "no restart")
     new_pid = _child_pid(managed)
     r = sdk(managed.url).chat.completions.create(model="local", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
     assert r.usage is not None

@@ -13,7 +13,6 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import aiohttp
 import orjson

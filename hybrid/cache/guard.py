@@ -92,7 +92,7 @@ COMMON = {
     "thank", "user", "assistant", "system", "if", "in", "on", "for", "to", "of", "and", "or", "but", "with",
     "any", "some", "ok", "okay", "yes", "no", "not", "let", "let's", "define", "name", "suggest", "recommend",
     "generate", "draft", "fix", "debug", "check", "get", "set", "turn", "use", "using", "steps", "step", "best",
-    "good", "quick", "simple", "short", "brief", "whats", "what's", "hows", "how's", "im", "is", "am",
+    "good", "quick", "simple", "short", "brief", "whats", "what's", "hows", "how's", "im", "am",
 }
 
 
