@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -33,6 +34,9 @@ ANSWER = {
                  "finish_reason": "stop", "logprobs": None}],
     "usage": {"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21},
 }
+# the router gets core 0 to itself; nginx and wrk share the others (no-op on a single core)
+PIN_LOAD = ["taskset", "-c", "1-1023"] if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else []
+PIN_ROUTER = ["taskset", "-c", "0"] if PIN_LOAD else []
 REQUEST = {"model": "static", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}
 
 
@@ -62,7 +66,7 @@ http {{
     }}
 }}
 """)
-    proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(workdir), "-g", "daemon off;"])
+    proc = subprocess.Popen([*PIN_LOAD, "nginx", "-c", str(conf), "-p", str(workdir), "-g", "daemon off;"])
     url = f"http://127.0.0.1:{port}"
     for _ in range(100):
         try:
@@ -89,13 +93,13 @@ models = ["static"]
 
 [cache]
 semantic = false
-""", work)
+""", work, prefix=PIN_ROUTER)
 
 
 def wrk(url: str, script: Path, duration: int, connections: int) -> dict[str, float]:
     """One wrk run; the script decides whether connections pace themselves (latency) or not (throughput)."""
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), url + "/v1/chat/completions"],
+        [*PIN_LOAD, "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), url + "/v1/chat/completions"],
         capture_output=True, text=True, check=True,
     ).stdout
     def ms(label: str) -> float:

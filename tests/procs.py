@@ -64,12 +64,16 @@ class ManagedProcess:
             self.proc.wait()
 
 
-def start_router(config_toml: str, tmp_path: Path, env: dict[str, str] | None = None) -> ManagedProcess:
-    """A router on a free port; its cache (unless the config names another place) lives in ``tmp_path``."""
+def start_router(
+    config_toml: str, tmp_path: Path, env: dict[str, str] | None = None, prefix: list[str] | None = None
+) -> ManagedProcess:
+    """A router on a free port; its cache (unless the config names another place) lives in ``tmp_path``.
+    ``prefix`` runs it under another command (benchmarks pin it to a core with ``taskset``)."""
     port = free_port()
     cfg = tmp_path / f"hybrid-{port}.toml"
     cfg.write_text(config_toml)
-    args = [sys.executable, "-m", "hybrid", "serve", "--config", str(cfg), "--port", str(port), "--log-level", "warning"]
+    args = [*(prefix or []), sys.executable, "-m", "hybrid", "serve", "--config", str(cfg), "--port", str(port),
+            "--log-level", "warning"]
     env = {"HYBRID_DATA_DIR": str(tmp_path / f"data-{port}"), **(env or {})}
     return ManagedProcess(args, f"http://127.0.0.1:{port}", "/ready", env).start()
 
