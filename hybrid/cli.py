@@ -38,6 +38,7 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=cfg.server.log_level,
         access_log=False,
         proxy_headers=False,
+        server_header=False,
         timeout_graceful_shutdown=10,
     )
     return 0

@@ -28,7 +28,7 @@ from hybrid.errors import (
 )
 from hybrid.cache.cache import CacheLookup, ResponseCache, replay_chunks
 from hybrid.limits import RateLimiter
-from hybrid.protocol import Chunk, InferenceRequest, assemble, is_usage_chunk, make_usage, make_usage_chunk
+from hybrid.protocol import Chunk, InferenceRequest, assemble, make_usage, make_usage_chunk
 from hybrid.routing.breaker import CircuitBreaker
 from hybrid.routing.decision import RouteDecision, Target
 from hybrid.routing.policy import AutoPolicy
@@ -103,6 +103,7 @@ class Answer:
         text: list[str] = []
         kept: list[Chunk] | None = [] if self._on_complete is not None else None
         outcome: tuple[bool, HybridError | None] | None = None
+        usage_sent = False
         try:
             chunk = self._first
             self._first = None
@@ -113,21 +114,26 @@ class Answer:
                     except StopAsyncIteration:
                         break
                 chunk["id"] = cid
-                if is_usage_chunk(chunk):
-                    self.usage = chunk["usage"]
-                else:
-                    for ch in chunk.get("choices") or ():
-                        piece = (ch.get("delta") or {}).get("content")
-                        if piece:
-                            text.append(piece)
+                usage = chunk.get("usage")
+                if usage is not None:
+                    self.usage = usage
+                    if chunk.get("choices"):  # a whole answer as one chunk: its usage goes in a chunk of its own
+                        del chunk["usage"]
+                    else:
+                        usage_sent = True
+                for ch in chunk.get("choices") or ():
+                    piece = (ch.get("delta") or {}).get("content")
+                    if piece:
+                        text.append(piece)
                 if kept is not None:
                     kept.append(chunk)
                 yield chunk
                 chunk = None
-            if self.usage is None:
-                # the upstream sent none: count ourselves so include_usage and the ledger always work
-                prompt, completion = await self._count(self.req, "".join(text))
-                self.usage = make_usage(prompt, completion)
+            if not usage_sent:
+                if self.usage is None:
+                    # the upstream sent none: count ourselves so include_usage and the ledger always work
+                    prompt, completion = await self._count(self.req, "".join(text))
+                    self.usage = make_usage(prompt, completion)
                 usage_chunk = make_usage_chunk(cid, self.target.model, self.usage)
                 if kept is not None:
                     kept.append(usage_chunk)

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -56,18 +56,30 @@ _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics"})
 
 
-class JSONResponse(Response):
-    media_type = "application/json"
+class JSONResponse:
+    """A JSON answer as two ASGI messages: orjson, and none of a general Response's header machinery."""
 
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
+    __slots__ = ("body", "status_code", "headers")
+
+    def __init__(self, content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> None:
+        self.body = orjson.dumps(content)
+        self.status_code = status_code
+        self.headers = headers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw = [(b"content-type", b"application/json"), (b"content-length", str(len(self.body)).encode())]
+        if self.headers:
+            raw += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()]
+        await send({"type": "http.response.start", "status": self.status_code, "headers": raw})
+        await send({"type": "http.response.body", "body": self.body})
 
 
 def error_response(err: HybridError) -> JSONResponse:
     return JSONResponse(err.to_dict(), status_code=err.status_code, headers=err.headers)
 
 
-Handler = Callable[[Request], Awaitable[Response]]
+AnyResponse = Response | JSONResponse
+Handler = Callable[[Request], Awaitable[AnyResponse]]
 
 
 class RequestMiddleware:
@@ -164,38 +176,50 @@ class HybridApp:
     # ------------------------------------------------------------------------------------------ helpers
 
     async def _read_body(self, request: Request) -> bytes:
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_body:
-            raise RequestTooLargeError(f"Request body of {length} bytes is over the limit of {self.max_body} bytes.")
+        for name, value in request.scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_body:
+                raise RequestTooLargeError(
+                    f"Request body of {int(value)} bytes is over the limit of {self.max_body} bytes."
+                )
         parts: list[bytes] = []
         size = 0
-        async for part in request.stream():
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnect()
+            part = message.get("body", b"")
             size += len(part)
             if size > self.max_body:
                 raise RequestTooLargeError(f"Request body is over the limit of {self.max_body} bytes.")
             parts.append(part)
-        return b"".join(parts)
+            if not message.get("more_body", False):
+                return b"".join(parts)
 
     def _context(self, request: Request) -> RequestContext:
         state = request.scope["state"]
+        routing: dict[str, str] = {}
+        cache_control = None
+        for name, value in request.scope["headers"]:  # raw ASGI headers: lower-case bytes
+            if name.startswith(b"x-hybrid-"):
+                routing[name.decode("latin-1")] = value.decode("latin-1")
+            elif name == b"cache-control":
+                cache_control = value.decode("latin-1")
         return RequestContext(
-            request_id=state["request_id"],
-            headers={k: v for k, v in request.headers.items() if k.startswith("x-hybrid-")},
-            tenant=state.get("tenant", "anonymous"),
-            cache_control=request.headers.get("cache-control"),
+            request_id=state["request_id"], headers=routing, tenant=state.get("tenant", "anonymous"),
+            cache_control=cache_control,
         )
 
     # ------------------------------------------------------------------------------------------ endpoints
 
-    async def chat_completions(self, request: Request) -> Response:
+    async def chat_completions(self, request: Request) -> AnyResponse:
         req = parse_chat_request(parse_json_body(await self._read_body(request)))
         return await self._respond(request, req)
 
-    async def completions(self, request: Request) -> Response:
+    async def completions(self, request: Request) -> AnyResponse:
         req = parse_completion_request(parse_json_body(await self._read_body(request)))
         return await self._respond(request, req)
 
-    async def _respond(self, request: Request, req: InferenceRequest) -> Response:
+    async def _respond(self, request: Request, req: InferenceRequest) -> AnyResponse:
         ctx = self._context(request)
         if req.stream:
             answer = await self.gateway.handle(req, ctx)
@@ -205,32 +229,32 @@ class HybridApp:
         answer, chunks = await _unless_disconnected(self.gateway.complete(req, ctx), request)
         return JSONResponse(assemble(chunks, req.kind), headers=answer.headers)
 
-    async def models(self, request: Request) -> Response:
+    async def models(self, request: Request) -> AnyResponse:
         return JSONResponse({"object": "list", "data": self.gateway.model_cards()})
 
-    async def model(self, request: Request) -> Response:
+    async def model(self, request: Request) -> AnyResponse:
         model_id = request.path_params["model"]
         for card in self.gateway.model_cards():
             if card["id"] == model_id:
                 return JSONResponse(card)
         raise ModelNotFoundError(f"The model '{model_id}' does not exist.", param="model")
 
-    async def embeddings(self, request: Request) -> Response:
+    async def embeddings(self, request: Request) -> AnyResponse:
         from hybrid.embeddings_endpoint import embeddings_response
 
         cache = self.gateway.cache
         embedder = cache.embedder if cache is not None else None
         return JSONResponse(await embeddings_response(parse_json_body(await self._read_body(request)), embedder))
 
-    async def metrics(self, request: Request) -> Response:
+    async def metrics(self, request: Request) -> AnyResponse:
         from hybrid.metrics import METRICS
 
         return Response(METRICS.render(), media_type="text/plain; version=0.0.4")
 
-    async def health(self, request: Request) -> Response:
+    async def health(self, request: Request) -> AnyResponse:
         return JSONResponse({"status": "ok"})
 
-    async def ready(self, request: Request) -> Response:
+    async def ready(self, request: Request) -> AnyResponse:
         ok, body = self.gateway.readiness()
         return JSONResponse(body, status_code=200 if ok else 503)
 
@@ -269,12 +293,19 @@ class HybridApp:
         return RequestMiddleware(app, self.config.server.api_keys, hot, self.config.server.teams)
 
 
+_WATCH_AFTER_S = 0.02
+
+
 async def _unless_disconnected(work: Coroutine[Any, Any, T], request: Request) -> T:
     """Run a non-streaming answer; if the client goes away first, cancel it (generation stops, the slot is freed).
 
-    One watcher task per request, cancelled when the answer is ready: cheaper than racing two tasks."""
+    The watcher task starts only once the answer has taken 20 ms: the quick answers of the pass-through path (a
+    cloud API, a cache hit) never pay for a task, and a slow generation is still stopped within 20 ms of a
+    disconnect."""
     task = asyncio.current_task()
     assert task is not None
+    loop = asyncio.get_running_loop()
+    watcher: asyncio.Task[None] | None = None
 
     async def watch() -> None:
         while True:
@@ -283,11 +314,17 @@ async def _unless_disconnected(work: Coroutine[Any, Any, T], request: Request) -
                 task.cancel()
                 return
 
-    watcher = asyncio.ensure_future(watch())
+    def start_watching() -> None:
+        nonlocal watcher
+        watcher = loop.create_task(watch())
+
+    timer = loop.call_later(_WATCH_AFTER_S, start_watching)
     try:
         return await work
     finally:
-        watcher.cancel()
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()
 
 
 async def _sse(answer: Answer) -> AsyncIterator[bytes]:
@@ -308,12 +345,12 @@ async def _sse(answer: Answer) -> AsyncIterator[bytes]:
     yield SSE_DONE
 
 
-async def _on_hybrid_error(request: Request, exc: Exception) -> Response:
+async def _on_hybrid_error(request: Request, exc: Exception) -> AnyResponse:
     assert isinstance(exc, HybridError)
     return error_response(exc)
 
 
-async def _on_http_error(request: Request, exc: Exception) -> Response:
+async def _on_http_error(request: Request, exc: Exception) -> AnyResponse:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
         return error_response(NotFoundError(f"Unknown path: {request.method} {request.url.path}", code="not_found"))
@@ -324,7 +361,7 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
     return error_response(err)
 
 
-async def _on_crash(request: Request, exc: Exception) -> Response:
+async def _on_crash(request: Request, exc: Exception) -> AnyResponse:
     log.exception("unhandled error", exc_info=exc)
     return error_response(ServerError("The server had an error while processing your request."))
 

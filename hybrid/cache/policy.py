@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -22,6 +23,11 @@ class CachePolicy:
     reason: str  # why not, when neither read nor write
 
 
+@functools.lru_cache(maxsize=4096)
+def _scope(owner: str, namespace: str) -> str:
+    return hashlib.sha256(f"{owner}\x00{namespace}".encode()).hexdigest()[:24]
+
+
 def parse_cache_control(value: str) -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     for part in value.split(","):
@@ -40,10 +46,10 @@ def decide(
     deterministic_only: bool,
     shared_models: list[str],
 ) -> CachePolicy:
-    cc = parse_cache_control(cache_control or "")
+    cc = parse_cache_control(cache_control) if cache_control else {}
     ns = namespace if namespace and _NAMESPACE_OK.match(namespace) else "default"
     owner = "shared" if req.model in shared_models else tenant
-    scope = hashlib.sha256(f"{owner}\x00{ns}".encode()).hexdigest()[:24]
+    scope = _scope(owner, ns)
     ttl = default_ttl_s
     max_age = None
     if "max-age" in cc and cc["max-age"] is not None and cc["max-age"].isdigit():
