@@ -8,6 +8,7 @@ What a healthy server never does: ``/{mode}/v1/chat/completions`` (and ``/comple
 - ``disconnect``: streams two chunks, then drops the connection
 - ``badjson``: a 200 whose body is not JSON; ``badevent``: an SSE event that is not JSON
 - ``vllm400``: a 400 in vLLM's error shape
+- ``json``: a whole JSON answer (with usage) even when asked to stream, as some OpenAI-compatible servers do
 - ``ctl``: whatever ``POST /control {"mode": ...}`` last set
 
 ``GET /stats`` counts requests per mode; ``POST /control {"reset": true}`` clears the counts.
@@ -88,7 +89,7 @@ async def complete(request: Request) -> Response:
         return Response(b"{this is not json", media_type="application/json")
     if mode == "slow":
         await asyncio.sleep(3)
-    if not stream:
+    if not stream or mode == "json":
         return JSONResponse(_whole(legacy))
     if mode == "disconnect":
         return StreamingResponse(_stream(legacy, usage, break_after=2), media_type="text/event-stream")

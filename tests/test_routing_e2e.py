@@ -78,7 +78,7 @@ overflow_wait_s = 0
 
 @pytest.fixture(scope="module")
 def faulty(cloud: ManagedProcess, faults: ManagedProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:
-    modes = ["500", "429", "slow", "disconnect", "badjson", "badevent", "vllm400", "ctl"]
+    modes = ["500", "429", "slow", "disconnect", "badjson", "badevent", "vllm400", "ctl", "json"]
     config = "".join(_fault_backend(faults, m) for m in modes)
     config += _fault_backend(faults, "slow", name="capped", first_byte_timeout_s=10.0, max_concurrency=1)
     config += f"""
@@ -211,6 +211,17 @@ def test_fallback_on_each_fault(faulty: ManagedProcess, mode: str, stream: bool)
     else:
         assert parsed.choices[0].message is not None
     time.sleep(1.1)  # let a 429's Retry-After cooldown lapse for the next parameter
+
+
+def test_upstream_usage_is_kept_whatever_the_answer_shape(faulty: ManagedProcess) -> None:
+    # the upstream answers with one JSON body (usage 7 + 6) even though the router asked for a stream
+    _, r = _chat(faulty, "tjson")
+    assert r.usage is not None and (r.usage.prompt_tokens, r.usage.completion_tokens) == (7, 6)
+    chunks = list(sdk(faulty.url).chat.completions.create(
+        model="tjson", messages=[{"role": "user", "content": "hi"}], stream=True, stream_options={"include_usage": True}))
+    assert [c.usage for c in chunks[:-1]] == [None] * (len(chunks) - 1)  # usage only in its own, last chunk
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 13
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello from the fault upstream."
 
 
 def test_upstream_4xx_is_normalised_not_retried(faulty: ManagedProcess) -> None:
