@@ -24,6 +24,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from hybrid.answers import Answer, CachedAnswer, RequestContext
 from hybrid.backends import create_backend
 from hybrid.config import Config
 from hybrid.errors import (
@@ -36,7 +37,7 @@ from hybrid.errors import (
     RequestTooLargeError,
     ServerError,
 )
-from hybrid.gateway import Answer, Gateway, RequestContext
+from hybrid.gateway import Gateway
 from hybrid.protocol import (
     SSE_DONE,
     InferenceRequest,
@@ -327,7 +328,7 @@ async def _unless_disconnected(work: Coroutine[Any, Any, T], request: Request) -
             watcher.cancel()
 
 
-async def _sse(answer: Answer) -> AsyncIterator[bytes]:
+async def _sse(answer: Answer | CachedAnswer) -> AsyncIterator[bytes]:
     """SSE frames for an answer; a failure after the first byte ends the stream with an error event."""
     req = answer.req
     legacy = req.kind == "completion"

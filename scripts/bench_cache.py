@@ -118,7 +118,7 @@ async def semantic_latency(embedder, entries: int) -> list[str]:  # type: ignore
     build_s = time.perf_counter() - t0
     cache = ResponseCache(cfg, store, embedder)
     embed_ms, lookup_ms, hits = [], [], 0
-    queries = [b for _, _, b in pairs] * 2
+    queries = [b for _, _, b in pairs] * 4
     for q in queries[:20]:  # warm-up
         await embedder.embed([q])
     for q in queries:

@@ -1,0 +1,156 @@
+"""What the gateway hands back: a live backend's answer, or a cache hit replayed, and the request's context.
+
+Both expose ``headers`` and ``chunks()``: the server encodes the chunks as SSE or assembles them, whichever the
+client asked for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+from hybrid.cache.cache import CacheLookup, replay_chunks
+from hybrid.errors import HybridError, UpstreamError
+from hybrid.protocol import Chunk, InferenceRequest, make_usage, make_usage_chunk
+from hybrid.routing.decision import RouteDecision, Target
+
+
+@dataclass
+class RequestContext:
+    request_id: str
+    headers: dict[str, str] = field(default_factory=dict)
+    tenant: str = "anonymous"  # whom rate limits and cache entries are scoped to
+    cache_control: str | None = None
+
+    @property
+    def completion_id(self) -> str:
+        return "chatcmpl-" + self.request_id
+
+
+class Answer:
+    """A backend's answer, with its first chunk already in hand."""
+
+    def __init__(
+        self,
+        req: InferenceRequest,
+        ctx: RequestContext,
+        target: Target,
+        decision: RouteDecision,
+        index: int,
+        reason: str,
+        first: Chunk,
+        rest: AsyncIterator[Chunk],
+        count: Callable[[InferenceRequest, str], Awaitable[tuple[int, int]]],
+        on_done: Callable[[bool | None, HybridError | None, dict[str, int] | None], None],
+        lookup: CacheLookup | None = None,
+        on_complete: Callable[[list[Chunk]], None] | None = None,
+    ) -> None:
+        self.req = req
+        self.ctx = ctx
+        self.target = target
+        self.decision = decision
+        self.index = index  # position of target in decision.targets: where a retry continues
+        self.reason = reason
+        self._first: Chunk | None = first
+        self._rest = rest
+        self._count = count
+        self._on_done = on_done
+        self.lookup = lookup
+        self._on_complete = on_complete  # gets every chunk of a complete answer (to cache it)
+        self.usage: dict[str, int] | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        h = {
+            "x-hybrid-tier": self.target.tier,
+            "x-hybrid-backend": self.target.backend.name,
+            "x-hybrid-route-reason": self.reason,
+        }
+        if self.lookup is not None:
+            h.update(self.lookup.headers)
+        else:  # the cache is off
+            h["x-hybrid-cache"] = "bypass"
+        return h
+
+    async def chunks(self) -> AsyncIterator[Chunk]:
+        """The answer's chunks under the router's id, always ending with a usage chunk."""
+        cid = self.ctx.completion_id
+        text: list[str] = []
+        kept: list[Chunk] | None = [] if self._on_complete is not None else None
+        outcome: tuple[bool, HybridError | None] | None = None
+        usage_sent = False
+        try:
+            chunk = self._first
+            self._first = None
+            while True:
+                if chunk is None:
+                    try:
+                        chunk = await self._rest.__anext__()
+                    except StopAsyncIteration:
+                        break
+                chunk["id"] = cid
+                usage = chunk.get("usage")
+                if usage is not None:
+                    self.usage = usage
+                    if chunk.get("choices"):  # a whole answer as one chunk: its usage goes in a chunk of its own
+                        del chunk["usage"]
+                    else:
+                        usage_sent = True
+                for ch in chunk.get("choices") or ():
+                    piece = (ch.get("delta") or {}).get("content")
+                    if piece:
+                        text.append(piece)
+                if kept is not None:
+                    kept.append(chunk)
+                yield chunk
+                chunk = None
+            if not usage_sent:
+                if self.usage is None:
+                    # the upstream sent none: count ourselves so include_usage and the ledger always work
+                    prompt, completion = await self._count(self.req, "".join(text))
+                    self.usage = make_usage(prompt, completion)
+                usage_chunk = make_usage_chunk(cid, self.target.model, self.usage)
+                if kept is not None:
+                    kept.append(usage_chunk)
+                yield usage_chunk
+            outcome = (True, None)
+            if kept is not None and self._on_complete is not None:
+                self._on_complete(kept)
+        except HybridError as err:
+            outcome = (False, err)
+            raise
+        except Exception as exc:
+            outcome = (False, UpstreamError(f"Backend '{self.target.backend.name}' failed: {exc}"))
+            raise
+        finally:
+            aclose = getattr(self._rest, "aclose", None)
+            if aclose is not None:
+                await aclose()
+            if outcome is not None:
+                self._on_done(outcome[0], outcome[1], self.usage)
+            else:  # the consumer went away: neither the backend's success nor its failure
+                self._on_done(None, None, self.usage)
+
+
+class CachedAnswer:
+    """A cache hit, replayed as the chunk stream a backend would have sent."""
+
+    def __init__(self, req: InferenceRequest, ctx: RequestContext, lookup: CacheLookup, store: str) -> None:
+        self.req = req
+        self.ctx = ctx
+        self.lookup = lookup
+        self.store = store
+        assert lookup.entry is not None
+        self.usage = lookup.entry.answer.get("usage")
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"x-hybrid-tier": "cache", "x-hybrid-backend": self.store,
+                "x-hybrid-route-reason": f"cache:{self.lookup.status}"} | self.lookup.headers
+
+    async def chunks(self) -> AsyncIterator[Chunk]:
+        assert self.lookup.entry is not None
+        cid = self.ctx.completion_id
+        for chunk in replay_chunks(self.lookup.entry, self.req.kind):
+            chunk["id"] = cid
+            yield chunk
