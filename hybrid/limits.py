@@ -33,8 +33,13 @@ class RateLimiter:
     def enabled(self) -> bool:
         return self.rpm > 0 or self.tpm > 0
 
+    MAX_KEYS = 10_000  # distinct keys (client addresses without auth) before idle buckets are dropped
+
     def _refill(self, buckets: dict[str, _Bucket], key: str, per_min: int) -> _Bucket:
         now = self.clock()
+        if len(buckets) > self.MAX_KEYS:  # a bucket idle for a minute is full again: forgetting it changes nothing
+            for k in [k for k, b in buckets.items() if now - b.updated > 60.0]:
+                del buckets[k]
         b = buckets.get(key)
         if b is None:
             b = buckets[key] = _Bucket(level=float(per_min), updated=now)

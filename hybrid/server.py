@@ -170,7 +170,7 @@ class HybridApp:
             from hybrid.cache import build_cache
 
             backends = [create_backend(b) for b in config.backends]
-            gateway = Gateway(config, backends, build_cache(config, {b.name: b for b in backends}))
+            gateway = Gateway(config, backends, build_cache(config))
         self.gateway = gateway
         self.max_body = config.server.max_body_bytes
 

@@ -68,6 +68,20 @@ def test_rate_limiter_requests_and_tokens() -> None:
     rl.admit("b", 10)  # keys are independent
 
 
+def test_rate_limiter_forgets_idle_keys_only() -> None:
+    clock = Clock()
+    rl = RateLimiter(requests_per_min=1, tokens_per_min=0, clock=clock)
+    rl.MAX_KEYS = 3
+    for i in range(4):
+        rl.admit(f"old{i}", 1)
+    clock.t += 61
+    rl.admit("busy", 1)
+    rl.admit("new", 1)  # over the bound: the idle buckets go, the busy one stays
+    assert set(rl._requests) == {"busy", "new"}
+    with pytest.raises(RateLimitError):
+        rl.admit("busy", 1)
+
+
 def test_rate_limiter_settles_tokens_with_real_usage() -> None:
     clock = Clock()
     rl = RateLimiter(requests_per_min=0, tokens_per_min=100, clock=clock)

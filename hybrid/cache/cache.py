@@ -207,7 +207,8 @@ def replay_chunks(entry: CacheEntry, kind: str) -> list[Chunk]:
     return chunks
 
 
-def build_cache(config: Config, backends_by_name: dict[str, Any]) -> ResponseCache | None:
+def build_cache(config: Config) -> ResponseCache | None:
+    """The configured cache (None when off); an embeddings backend is named by `cache.embedder`."""
     cfg = config.cache
     if cfg.backend == "off":
         return None

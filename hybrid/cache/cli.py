@@ -20,7 +20,7 @@ async def _run(cfg: Config, action: str, namespace: str | None) -> int:
     from hybrid.cache.cache import build_cache
 
     cfg.cache.semantic = False  # administration needs no embedding model
-    cache = build_cache(cfg, {})
+    cache = build_cache(cfg)
     if cache is None:
         print("the cache is off in this config (cache.backend = \"off\")", file=sys.stderr)
         return 1
