@@ -124,16 +124,12 @@ class UpstreamTimeoutError(HybridError):
     retryable = True
 
 
-_BY_STATUS: dict[int, type[HybridError]] = {
+_BY_4XX_STATUS: dict[int, type[HybridError]] = {
     400: InvalidRequestError,
     401: AuthenticationError,
     404: NotFoundError,
     413: RequestTooLargeError,
     429: RateLimitError,
-    500: ServerError,
-    502: UpstreamError,
-    503: ServiceUnavailableError,
-    504: UpstreamTimeoutError,
 }
 
 
@@ -141,7 +137,7 @@ def error_for_status(status: int, message: str, **kwargs: Any) -> HybridError:
     """The router's exception for an upstream's HTTP status: 4xx keep their status, 5xx become retryable 502s."""
     if status >= 500:
         return UpstreamError(message, **kwargs)
-    cls = _BY_STATUS.get(status, InvalidRequestError)
+    cls = _BY_4XX_STATUS.get(status, InvalidRequestError)
     err = cls(message, **kwargs)
     err.status_code = status
     return err

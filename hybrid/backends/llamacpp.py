@@ -161,13 +161,16 @@ class LlamaCppBackend(Backend):
     def _tokenize(self, prompt: str) -> int:
         return len(self._vocab.tokenize(prompt.encode("utf-8"), add_bos=True, special=True))
 
-    async def count_prompt_tokens(self, req: InferenceRequest) -> int | None:
-        if self._vocab is None:
-            return None
-        prompt, _ = self._prompt(req)
+    async def _count(self, prompt: str) -> int:
+        """Tokens of a formatted prompt; long ones are tokenized off the event loop."""
         if len(prompt) > _COUNT_INLINE_CHARS:
             return await asyncio.to_thread(self._tokenize, prompt)
         return self._tokenize(prompt)
+
+    async def count_prompt_tokens(self, req: InferenceRequest) -> int | None:
+        if self._vocab is None:
+            return None
+        return await self._count(self._prompt(req)[0])
 
     def count_text_tokens(self, text: str) -> int | None:
         if self._vocab is None:
@@ -193,7 +196,7 @@ class LlamaCppBackend(Backend):
             raise ServiceUnavailableError(f"Backend '{self.name}' is {self.state.value}.")
         self.check(req)
         prompt, template_stop = self._prompt(req)
-        n_prompt = await asyncio.to_thread(self._tokenize, prompt) if len(prompt) > _COUNT_INLINE_CHARS else self._tokenize(prompt)
+        n_prompt = await self._count(prompt)
         if n_prompt + (req.max_tokens or 1) > self._n_ctx:
             raise ContextLengthExceededError(
                 f"This model's maximum context length is {self._n_ctx} tokens. However, you requested "

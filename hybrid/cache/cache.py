@@ -102,9 +102,8 @@ class ResponseCache:
             if not policy.write:  # nothing to read or write: no keys to compute
                 return CacheLookup("bypass", policy)
         exact, params = keys_of(req)
-        found = CacheLookup("bypass" if not policy.read else "miss", policy, policy.scope + exact[:40],
-                            policy.scope + params)
-        if not policy.read:
+        found = CacheLookup("miss" if policy.read else "bypass", policy, policy.scope + exact[:40], policy.scope + params)
+        if not policy.read:  # no-cache: keys only for storing the fresh answer
             return found
         try:
             entry = await self.store.get(found.key)

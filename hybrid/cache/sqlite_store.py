@@ -66,6 +66,7 @@ class SqliteCacheStore(CacheStore):
         self._writer: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._rebuild: asyncio.Future[None] | None = None
+        self._rows_bound = 0  # the writer thread's upper bound on the table's rows
         # written but not yet committed by the writer thread: read-your-writes for this process
         self._unflushed: dict[str, CacheEntry] = {}
 
@@ -214,6 +215,9 @@ class SqliteCacheStore(CacheStore):
 
     def _write_loop(self) -> None:
         conn = _connect(self.path)
+        # an upper bound on the rows (every put counts one, deletes are not subtracted): only past max_entries
+        # is the table counted for real, so a cache below its bound never pays for COUNT(*) on a write
+        (self._rows_bound,) = conn.execute("SELECT COUNT(*) FROM entries").fetchone()
         last_sweep = 0.0
         while True:
             item = self._queue.get()
@@ -254,6 +258,7 @@ class SqliteCacheStore(CacheStore):
         try:
             for op in batch:
                 if op[0] == "put":
+                    self._rows_bound += 1
                     e: CacheEntry = op[1]
                     conn.execute(
                         "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -285,13 +290,16 @@ class SqliteCacheStore(CacheStore):
         if expire:
             gone += [r[0] for r in conn.execute("SELECT key FROM entries WHERE expires <= ?", (now,))]
             conn.execute("DELETE FROM entries WHERE expires <= ?", (now,))
-        (count,) = conn.execute("SELECT COUNT(*) FROM entries").fetchone()
-        if count > self.max_entries:
-            extra = count - self.max_entries
-            victims = [r[0] for r in conn.execute("SELECT key FROM entries ORDER BY last_used LIMIT ?", (extra,))]
-            conn.executemany("DELETE FROM entries WHERE key = ?", [(k,) for k in victims])
-            METRICS.inc("hybrid_cache_evictions_total", "Entries evicted at the size bound", amount=len(victims))
-            gone += victims
+        if self._rows_bound > self.max_entries:
+            (count,) = conn.execute("SELECT COUNT(*) FROM entries").fetchone()
+            self._rows_bound = count
+            if count > self.max_entries:
+                victims = [r[0] for r in conn.execute(
+                    "SELECT key FROM entries ORDER BY last_used LIMIT ?", (count - self.max_entries,))]
+                conn.executemany("DELETE FROM entries WHERE key = ?", [(k,) for k in victims])
+                METRICS.inc("hybrid_cache_evictions_total", "Entries evicted at the size bound", amount=len(victims))
+                gone += victims
+                self._rows_bound -= len(victims)
         self._forget(gone)
 
     # ------------------------------------------------------------------------------------------ admin

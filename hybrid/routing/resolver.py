@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hybrid.backends.base import Backend, BackendState
+from hybrid.backends.base import Backend
 from hybrid.errors import ModelNotFoundError
 from hybrid.routing.decision import Target
 
@@ -33,9 +33,6 @@ class ModelResolver:
     def is_tier(self, name: str) -> bool:
         return name in self.by_tier
 
-    def is_known(self, name: str) -> bool:
-        return name == AUTO or name in self.by_tier or name in self.by_model
-
     def tier_targets(self, tier: str) -> list[Target]:
         return [Target(b, b.models[0]) for b in self.by_tier.get(tier, []) if b.models]
 
@@ -61,7 +58,3 @@ class ModelResolver:
 
     def available(self) -> list[str]:
         return [AUTO, *self.by_tier, *(m for m in self.by_model if m not in self.by_tier)]
-
-    @staticmethod
-    def healthy_first(targets: list[Target]) -> list[Target]:
-        return sorted(targets, key=lambda t: t.backend.state is not BackendState.UP)
