@@ -56,6 +56,7 @@ class BackendConfig:
     connect_timeout_s: float = 5.0
     first_byte_timeout_s: float = 60.0
     total_timeout_s: float = 600.0
+    ca_file: str = ""  # PEM bundle trusted for this https upstream, besides the system's CAs
     max_concurrency: int = 0  # 0: no limit
     price_input_per_mtok: float = 0.0
     price_output_per_mtok: float = 0.0
@@ -275,6 +276,8 @@ def _check_backend(b: BackendConfig, path: str) -> None:
             raise ConfigError(f"{path}.tensor_parallel: must be >= 1")
     if b.base_url and not b.base_url.startswith(("http://", "https://")):
         raise ConfigError(f"{path}.base_url: must start with http:// or https:// (got {b.base_url!r})")
+    if b.ca_file and not os.path.isfile(os.path.expanduser(b.ca_file)):
+        raise ConfigError(f"{path}.ca_file: no such file: {b.ca_file}")
     if b.context < 0:
         raise ConfigError(f"{path}.context: must be >= 0")
     for name in ("connect_timeout_s", "first_byte_timeout_s", "total_timeout_s"):

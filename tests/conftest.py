@@ -5,6 +5,7 @@ from pathlib import Path
 
 import openai
 import pytest
+import trustme
 
 from hybrid.backends.gguf import bundled_model_path
 from tests.procs import ManagedProcess, start_router
@@ -34,6 +35,19 @@ def router(model_path: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     proc = start_router(LOCAL_ONLY, tmp_path_factory.mktemp("router"))
     yield proc
     proc.stop()
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, str]:
+    """A private CA and a certificate for 127.0.0.1 it signed: (certificate chain, key, CA) PEM paths."""
+    ca = trustme.CA()
+    d = tmp_path_factory.mktemp("tls")
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    chain, key, ca_pem = d / "chain.pem", d / "key.pem", d / "ca.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(chain))
+    cert.private_key_pem.write_to_path(str(key))
+    ca.cert_pem.write_to_path(str(ca_pem))
+    return str(chain), str(key), str(ca_pem)
 
 
 def sdk(base_url: str, api_key: str = "unused", **kwargs: object) -> openai.OpenAI:

@@ -13,7 +13,7 @@ What a healthy server never does: ``/{mode}/v1/chat/completions`` (and ``/comple
 
 ``GET /stats`` counts requests per mode; ``POST /control {"reset": true}`` clears the counts.
 
-    python -m tests.fault_upstream --port P
+    python -m tests.fault_upstream --port P [--certfile chain.pem --keyfile key.pem]
 """
 
 from __future__ import annotations
@@ -128,5 +128,8 @@ app = Starlette(
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--certfile", help="serve https with this certificate chain (PEM)...")
+    ap.add_argument("--keyfile", help="...and this key")
     args = ap.parse_args()
-    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning",
+                ssl_certfile=args.certfile, ssl_keyfile=args.keyfile)

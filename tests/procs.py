@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -25,8 +26,11 @@ def free_port() -> int:
 class ManagedProcess:
     """A child process that serves HTTP; started, waited for, and always reaped."""
 
-    def __init__(self, args: list[str], url: str, ready_path: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, args: list[str], url: str, ready_path: str, env: dict[str, str] | None = None, ca_file: str | None = None
+    ) -> None:
         self.args = args
+        self.verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_file) if ca_file else True
         self.url = url
         self.ready_path = ready_path
         self.env = {**os.environ, **(env or {})}
@@ -42,7 +46,7 @@ class ManagedProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.args} exited with {self.proc.returncode}:\n{self.output()}")
             try:
-                if httpx.get(self.url + self.ready_path, timeout=2).status_code == 200:
+                if httpx.get(self.url + self.ready_path, timeout=2, verify=self.verify).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
@@ -89,10 +93,14 @@ def start_llama_server(model_path: str, extra: list[str] | None = None) -> Manag
     return ManagedProcess(args, f"http://127.0.0.1:{port}", "/v1/models").start()
 
 
-def start_fault_upstream() -> ManagedProcess:
+def start_fault_upstream(tls: tuple[str, str, str] | None = None) -> ManagedProcess:
+    """The fault-injecting upstream; over https when ``tls`` is (certificate chain, key, CA) PEM paths."""
     port = free_port()
     args = [sys.executable, "-m", "tests.fault_upstream", "--port", str(port)]
-    return ManagedProcess(args, f"http://127.0.0.1:{port}", "/health").start()
+    if tls is None:
+        return ManagedProcess(args, f"http://127.0.0.1:{port}", "/health").start()
+    args += ["--certfile", tls[0], "--keyfile", tls[1]]
+    return ManagedProcess(args, f"https://127.0.0.1:{port}", "/health", ca_file=tls[2]).start()
 
 
 def valkey_binary() -> str:

@@ -212,6 +212,27 @@ def test_embeddings_endpoint(cached: ManagedProcess) -> None:
         client.embeddings.create(model="x", input=[])
 
 
+def test_semantic_layer_over_an_embeddings_backend(cached: ManagedProcess, upstream: ManagedProcess, tmp_path: Path) -> None:
+    """`cache.embedder` naming an OpenAI-compatible backend: here another router's /v1/embeddings."""
+    config = _config(upstream, 'embedder = "emb"\nembedding_model = "all-MiniLM-L6-v2"') + f"""
+[[backends]]
+name = "emb"
+kind = "openai"
+tier = "embeddings"
+base_url = "{cached.url}/v1"
+api_key_env = "EMB_KEY"
+models = ["all-MiniLM-L6-v2"]
+"""
+    router = start_router(config, tmp_path, env={"EMB_KEY": "key-a"})
+    try:
+        _wait_semantic(router)
+        _ask(router, "What is the capital of Australia?", key="unused")
+        h, _ = _ask(router, "What's the capital city of Australia?", key="unused")
+        assert h["x-hybrid-cache"] == "hit-semantic"
+    finally:
+        router.stop()
+
+
 def test_eviction_at_the_size_bound(upstream: ManagedProcess, tmp_path: Path) -> None:
     proc = start_router(_config(upstream, "max_entries = 3\nsemantic = false"), tmp_path)
     try:

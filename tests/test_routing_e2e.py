@@ -376,3 +376,42 @@ def test_local_only_default_names_what_to_configure(router: ManagedProcess) -> N
         _chat(router, "cloud")
     assert "OPENAI_API_KEY" in info.value.message and info.value.code == "model_not_found"
 
+
+
+def test_https_upstream_trusted_through_ca_file(tls_files: tuple[str, str, str], tmp_path_factory: pytest.TempPathFactory) -> None:
+    """An https upstream with a private CA: trusted by the backend that names the CA, refused by one that does not."""
+    upstream = start_fault_upstream(tls=tls_files)
+    config = f"""
+[[backends]]
+name = "tls"
+kind = "openai"
+tier = "cloud"
+base_url = "{upstream.url}/ok/v1"
+models = ["tls-model"]
+ca_file = "{tls_files[2]}"
+
+[[backends]]
+name = "untrusted"
+kind = "openai"
+tier = "untrusted"
+base_url = "{upstream.url}/ok/v1"
+models = ["untrusted-model"]
+
+[routing]
+fallbacks = []
+"""
+    router = start_router(config, tmp_path_factory.mktemp("tls-router"))
+    try:
+        headers, answer = _chat(router, "tls-model")
+        assert headers["x-hybrid-backend"] == "tls"
+        assert answer.choices[0].message.content == "Hello from the fault upstream."
+        stream = sdk(router.url).chat.completions.create(
+            model="tls-model", messages=[{"role": "user", "content": "Hi"}], stream=True
+        )
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "Hello from the fault upstream."
+        with pytest.raises(openai.APIStatusError) as refused:
+            _chat(router, "untrusted-model")
+        assert "certificate" in refused.value.message.lower()
+    finally:
+        router.stop()
+        upstream.stop()

@@ -1,7 +1,7 @@
 """Any OpenAI-compatible HTTP API: OpenAI, Groq, Together, OpenRouter, Mistral, a vLLM or llama.cpp server.
 
-One aiohttp session per backend (connection pooling; measured about 2x httpx-over-aiohttp and 7x plain httpx as
-a pass-through on two cores). Streams are passed through chunk by chunk; a non-streaming answer becomes one chunk.
+One keep-alive connection pool per backend (:mod:`hybrid.http1`, chosen by measurement: see its docstring).
+Streams are passed through chunk by chunk; a non-streaming answer becomes one chunk.
 Upstream errors, whatever their shape (OpenAI, vLLM's ``{"object": "error", ...}``, llama.cpp's, plain text), are
 normalised to the router's exceptions, marked retryable where another backend may succeed.
 """
@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 import time
 from collections.abc import AsyncIterator
 
-import aiohttp
 import orjson
 
+from hybrid import http1
 from hybrid.backends.base import Backend, BackendLoad, BackendState
 from hybrid.config import BackendConfig
 from hybrid.errors import (
@@ -77,13 +78,10 @@ class OpenAIBackend(Backend):
     def __init__(self, cfg: BackendConfig) -> None:
         super().__init__(cfg)
         self.base_url = cfg.base_url.rstrip("/")
-        self._session: aiohttp.ClientSession | None = None
-        self._headers = {"content-type": "application/json"}
+        self._pool: http1.Pool | None = None
+        self._headers = {"content-type": "application/json", "accept": "text/event-stream, application/json"}
         self._in_flight = 0
         self._service_s = 1.0
-        self._timeout = aiohttp.ClientTimeout(
-            total=cfg.total_timeout_s, connect=cfg.connect_timeout_s, sock_connect=cfg.connect_timeout_s
-        )
 
     @property
     def models(self) -> list[str]:
@@ -96,18 +94,21 @@ class OpenAIBackend(Backend):
                 self._headers["authorization"] = f"Bearer {key}"
             else:
                 log.warning("backend %s: %s is not set; sending no API key", self.name, self.cfg.api_key_env)
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
-        self._session = aiohttp.ClientSession(
-            connector=connector, timeout=self._timeout, json_serialize=lambda o: orjson.dumps(o).decode(),
-            auto_decompress=True,
-        )
+        self._pool = self._new_pool(self.base_url, self._headers)
         self.state = BackendState.UP
+
+    def _new_pool(self, url: str, headers: dict[str, str] | None = None) -> http1.Pool:
+        context = None
+        if self.cfg.ca_file:
+            context = ssl.create_default_context()
+            context.load_verify_locations(os.path.expanduser(self.cfg.ca_file))
+        return http1.Pool(url, headers=headers, connect_timeout_s=self.cfg.connect_timeout_s, ssl_context=context)
 
     async def stop(self) -> None:
         self.state = BackendState.DOWN
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
 
     def load(self) -> BackendLoad:
         return BackendLoad(
@@ -116,8 +117,8 @@ class OpenAIBackend(Backend):
         )
 
     async def stream(self, req: InferenceRequest, model: str) -> AsyncIterator[Chunk]:
-        session = self._session
-        if session is None:
+        pool = self._pool
+        if pool is None:
             raise ServiceUnavailableError(f"Backend '{self.name}' is not started.")
         body = dict(req.body)
         body["model"] = model
@@ -130,13 +131,13 @@ class OpenAIBackend(Backend):
 
         self._in_flight += 1
         started = time.monotonic()
-        resp: aiohttp.ClientResponse | None = None
+        resp: http1.Response | None = None
         try:
             whole: Chunk | None = None
             first: Chunk | None = None
             try:
                 async with asyncio.timeout(self.cfg.first_byte_timeout_s):
-                    resp = await session.post(self.base_url + path, data=orjson.dumps(body), headers=self._headers)
+                    resp = await pool.request("POST", path, orjson.dumps(body), timeout_s=self.cfg.total_timeout_s)
                     if resp.status >= 400:
                         raise normalise_error(
                             resp.status, await resp.read(), resp.headers.get("retry-after"), self.name
@@ -144,8 +145,10 @@ class OpenAIBackend(Backend):
                     if resp.content_type != "text/event-stream":
                         whole = self._whole(await resp.read(), legacy)
                     else:
-                        lines = resp.content.__aiter__()
+                        lines = _lines(resp)
                         first = await self._next_event(lines)
+            except http1.RequestTimeout:
+                raise
             except TimeoutError:
                 raise UpstreamTimeoutError(
                     f"Upstream '{self.name}' sent nothing within {self.cfg.first_byte_timeout_s:g}s."
@@ -158,14 +161,17 @@ class OpenAIBackend(Backend):
             while first is not None:
                 yield from_text_completion_chunk(first) if legacy else first
                 first = await self._next_event(lines)
-        except aiohttp.ClientConnectionError as exc:
-            raise UpstreamError(f"Upstream '{self.name}' connection failed: {exc or type(exc).__name__}") from None
-        except aiohttp.ClientPayloadError as exc:
-            raise UpstreamError(f"Upstream '{self.name}' broke off the answer: {exc}") from None
-        except TimeoutError:
+        except http1.RequestTimeout:
             raise UpstreamTimeoutError(
                 f"Upstream '{self.name}' did not finish within {self.cfg.total_timeout_s:g}s."
             ) from None
+        except http1.ConnectError as exc:
+            raise UpstreamError(f"Upstream '{self.name}' connection failed: {exc}") from None
+        except http1.ConnectionClosed as exc:
+            what = "broke off the answer" if resp is not None else "connection failed"
+            raise UpstreamError(f"Upstream '{self.name}' {what}: {exc}") from None
+        except http1.ProtocolError as exc:
+            raise UpstreamError(f"Upstream '{self.name}' sent an invalid HTTP answer: {exc}") from None
         finally:
             if resp is not None:
                 resp.release()
@@ -201,3 +207,16 @@ class OpenAIBackend(Backend):
                 raise UpstreamError(f"Upstream '{self.name}' failed mid-stream: {msg}")
             return event
         return None
+
+
+async def _lines(resp: http1.Response) -> AsyncIterator[bytes]:
+    """The body's lines (without their ends), however the pieces split them."""
+    rest = b""
+    async for piece in resp.iter_chunks():
+        if rest:
+            piece = rest + piece
+        *full, rest = piece.split(b"\n")
+        for line in full:
+            yield line.rstrip(b"\r")
+    if rest:
+        yield rest.rstrip(b"\r")

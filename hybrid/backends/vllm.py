@@ -16,8 +16,9 @@ import shutil
 import socket
 import time
 
-import aiohttp
 import orjson
+
+from hybrid import http1
 
 from hybrid.backends.base import BackendLoad, BackendState
 from hybrid.backends.openai import OpenAIBackend
@@ -67,6 +68,7 @@ class VllmBackend(OpenAIBackend):
         self._supervisor: asyncio.Task[None] | None = None
         self._port = 0
         self._running = True
+        self._control: http1.Pool | None = None  # health and metrics, on connections of their own
 
     @property
     def models(self) -> list[str]:
@@ -77,11 +79,13 @@ class VllmBackend(OpenAIBackend):
         return self._max_model_len
 
     async def start(self) -> None:
-        await super().start()  # the HTTP session
-        self.state = BackendState.LOADING
         if self.managed:
             self._port = _free_port()
             self.base_url = f"http://127.0.0.1:{self._port}/v1"
+        await super().start()  # the connection pool for requests
+        self._control = self._new_pool(self.root)
+        self.state = BackendState.LOADING
+        if self.managed:
             log_dir = os.environ.get("HYBRID_LOG_DIR")
             self.server = ManagedServer(
                 f"vllm:{self.name}", vllm_argv(self.cfg, self._port),
@@ -98,6 +102,8 @@ class VllmBackend(OpenAIBackend):
                 await self._supervisor
         if self.server is not None:
             await self.server.stop()
+        if self._control is not None:
+            await self._control.close()
         await super().stop()
 
     def load(self) -> BackendLoad:
@@ -141,9 +147,8 @@ class VllmBackend(OpenAIBackend):
             self.server.start()
 
     async def _get(self, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
-        assert self._session is not None
-        async with self._session.get(self.root + path, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
-            return resp.status, await resp.read()
+        assert self._control is not None
+        return await self._control.get(path, timeout_s=timeout)
 
     async def _wait_healthy(self) -> None:
         deadline = time.monotonic() + self.cfg.startup_timeout_s
@@ -154,7 +159,7 @@ class VllmBackend(OpenAIBackend):
                 status, _ = await self._get(self.cfg.health_path, timeout=2.0)
                 if status == 200:
                     return
-            except (aiohttp.ClientError, TimeoutError):
+            except (http1.HTTPClientError, TimeoutError):
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError(f"not healthy after {self.cfg.startup_timeout_s:g}s")
@@ -185,7 +190,7 @@ class VllmBackend(OpenAIBackend):
                 self.metrics = parse_vllm_metrics(body.decode("utf-8", "replace")) if status == 200 else None
                 status, _ = await self._get(self.cfg.health_path, timeout=2.0) if self.metrics is None else (200, b"")
                 misses = 0 if status == 200 else misses + 1
-            except (aiohttp.ClientError, TimeoutError):
+            except (http1.HTTPClientError, TimeoutError):
                 misses += 1
             if misses >= 3:
                 raise RuntimeError("stopped answering health checks")

@@ -128,27 +128,23 @@ class HttpEmbedder(Embedder):
     """Any OpenAI-compatible ``/v1/embeddings``."""
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, dim: int = 0) -> None:
-        import aiohttp
+        from hybrid import http1
 
-        self.base_url = base_url.rstrip("/")
         self.name = model
         self.dim = dim
-        self._headers = {"content-type": "application/json"}
+        headers = {"content-type": "application/json"}
         if api_key:
-            self._headers["authorization"] = f"Bearer {api_key}"
-        self._session: aiohttp.ClientSession | None = None
-        self._aiohttp = aiohttp
+            headers["authorization"] = f"Bearer {api_key}"
+        self._pool = http1.Pool(base_url, headers=headers)
 
     async def embed(self, texts: list[str]) -> np.ndarray:
         import orjson
 
-        if self._session is None:
-            self._session = self._aiohttp.ClientSession(timeout=self._aiohttp.ClientTimeout(total=30))
         body = {"model": self.name, "input": texts, "encoding_format": "float"}
-        async with self._session.post(self.base_url + "/embeddings", data=orjson.dumps(body), headers=self._headers) as r:
-            payload = orjson.loads(await r.read())
-            if r.status >= 400:
-                raise RuntimeError(f"embeddings upstream answered {r.status}: {payload}")
+        status, raw = await self._pool.post("/embeddings", orjson.dumps(body), timeout_s=30.0)
+        if status >= 400:
+            raise RuntimeError(f"embeddings upstream answered {status}: {raw[:500].decode('utf-8', 'replace')}")
+        payload = orjson.loads(raw)
         rows = sorted(payload["data"], key=lambda d: d["index"])
         vecs = []
         for row in rows:
@@ -159,5 +155,4 @@ class HttpEmbedder(Embedder):
         return out
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self._pool.close()

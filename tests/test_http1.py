@@ -1,0 +1,320 @@
+"""The upstream HTTP/1.1 client against real servers (the tests' uvicorn upstream, plain and over TLS), and
+against scripted sockets for what a healthy server never does (a keep-alive race, a body cut off, bytes that are
+not HTTP, a stall)."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import ssl
+from collections.abc import Awaitable, Callable, Iterator
+
+import pytest
+
+from hybrid import http1
+from tests.procs import ManagedProcess, free_port, start_fault_upstream
+
+CHAT = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
+STREAM = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}).encode()
+JSON = {"content-type": "application/json"}
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[ManagedProcess]:
+    proc = start_fault_upstream()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def tls_upstream(tls_files: tuple[str, str, str]) -> Iterator[ManagedProcess]:
+    proc = start_fault_upstream(tls=tls_files)
+    yield proc
+    proc.stop()
+
+
+def run(coro: Awaitable[object]) -> object:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def sse_payloads(body: bytes) -> list[str]:
+    return [line[6:] for line in body.decode().split("\n") if line.startswith("data: ")]
+
+
+# ------------------------------------------------------------------------------------------ real servers
+
+
+def test_keep_alive_reuses_one_connection(upstream: ManagedProcess) -> None:
+    async def go() -> tuple[list[int], int]:
+        pool = http1.Pool(upstream.url + "/ok/v1", headers=JSON)
+        statuses = []
+        for _ in range(5):
+            status, body = await pool.post("/chat/completions", CHAT)
+            assert json.loads(body)["choices"][0]["message"]["content"] == "Hello from the fault upstream."
+            statuses.append(status)
+        await pool.close()
+        return statuses, pool.opened
+
+    statuses, opened = run(go())  # type: ignore[misc]
+    assert statuses == [200] * 5
+    assert opened == 1
+
+
+def test_streamed_chunked_body_arrives_whole_and_keeps_the_connection(upstream: ManagedProcess) -> None:
+    async def go() -> tuple[str, list[str], int]:
+        pool = http1.Pool(upstream.url + "/ok/v1", headers=JSON)
+        resp = await pool.request("POST", "/chat/completions", STREAM)
+        async with resp:
+            pieces = [p async for p in resp.iter_chunks()]
+        status, _ = await pool.post("/chat/completions", CHAT)
+        assert status == 200
+        await pool.close()
+        return resp.headers.get("transfer-encoding", ""), sse_payloads(b"".join(pieces)), pool.opened
+
+    encoding, events, opened = run(go())  # type: ignore[misc]
+    assert encoding == "chunked"
+    assert events[-1] == "[DONE]"
+    words = [json.loads(e)["choices"][0]["delta"]["content"] for e in events[:-1]]
+    assert "".join(words) == "Hello from the fault upstream."
+    assert opened == 1
+
+
+def test_a_cut_off_stream_raises_after_what_arrived(upstream: ManagedProcess) -> None:
+    async def go() -> tuple[bytes, BaseException | None, int]:
+        pool = http1.Pool(upstream.url, headers=JSON)
+        got: list[bytes] = []
+        error = None
+        resp = await pool.request("POST", "/disconnect/v1/chat/completions", STREAM)
+        try:
+            async for piece in resp.iter_chunks():
+                got.append(piece)
+        except http1.HTTPClientError as exc:
+            error = exc
+        finally:
+            resp.release()
+        assert (await pool.get("/health"))[0] == 200  # on a new connection: a broken one is never reused
+        await pool.close()
+        return b"".join(got), error, pool.opened
+
+    body, error, opened = run(go())  # type: ignore[misc]
+    assert isinstance(error, http1.ConnectionClosed)
+    assert len(sse_payloads(body)) == 2  # the two events sent before the drop
+    assert opened == 2
+
+
+def test_https_with_a_private_ca(tls_upstream: ManagedProcess, tls_files: tuple[str, str, str]) -> None:
+    async def go() -> tuple[int, BaseException | None]:
+        context = ssl.create_default_context(cafile=tls_files[2])
+        pool = http1.Pool(tls_upstream.url + "/ok/v1", headers=JSON, ssl_context=context)
+        status, _ = await pool.post("/chat/completions", CHAT)
+        await pool.close()
+        untrusting = http1.Pool(tls_upstream.url + "/ok/v1", headers=JSON)  # system CAs only
+        try:
+            await untrusting.post("/chat/completions", CHAT)
+        except http1.ConnectError as exc:
+            return status, exc
+        return status, None
+
+    status, error = run(go())  # type: ignore[misc]
+    assert status == 200
+    assert error is not None and "certificate" in str(error).lower()
+
+
+def test_nothing_listening_is_a_connect_error() -> None:
+    async def go() -> None:
+        await http1.Pool(f"http://127.0.0.1:{free_port()}").get("/")
+
+    with pytest.raises(http1.ConnectError, match="cannot connect to 127.0.0.1"):
+        run(go())
+
+
+def test_a_header_with_a_line_break_is_refused() -> None:
+    with pytest.raises(ValueError, match="line break"):
+        http1.Pool("http://127.0.0.1:1", headers={"authorization": "Bearer x\r\nx-evil: 1"})
+
+
+# ------------------------------------------------------------------------------------------ scripted sockets
+
+Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    return head + await reader.readexactly(length)
+
+
+async def serve(script: Script, client: Callable[[str], Awaitable[object]]) -> tuple[object, int]:
+    """Run ``client(url)`` against a socket server that runs ``script`` per connection; also answer how many
+    connections the server saw."""
+    connections = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        try:
+            await script(reader, writer, connections)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        result = await client(f"http://127.0.0.1:{port}")
+    finally:
+        server.close()
+    return result, connections
+
+
+def ok(body: bytes, extra: bytes = b"") -> bytes:
+    return b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n%s\r\n%s" % (len(body), extra, body)
+
+
+def test_a_body_that_runs_to_the_close() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nhello ")
+        await writer.drain()
+        writer.write(b"world")
+
+    (status, body), _ = run(serve(script, lambda url: http1.Pool(url).get("/")))  # type: ignore[misc]
+    assert (status, body) == (200, b"hello world")
+
+
+def test_a_reused_connection_the_server_dropped_is_retried_once_on_a_fresh_one() -> None:
+    """The server's keep-alive timeout races our reuse: it closes without reading the second request."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(ok(b"first" if n == 1 else b"second"))
+        await writer.drain()
+        await read_request(reader)  # the reused connection's request: dropped unanswered
+        if n == 2:
+            writer.write(ok(b"third"))
+            await writer.drain()
+
+    async def client(url: str) -> list[bytes]:
+        pool = http1.Pool(url)
+        return [(await pool.post("/", b"x"))[1] for _ in range(2)]
+
+    bodies, connections = run(serve(script, client))  # type: ignore[misc]
+    assert bodies == [b"first", b"second"]
+    assert connections == 2
+
+
+def test_a_fresh_connection_dropped_before_the_answer_is_an_error_not_a_retry() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+
+    async def client(url: str) -> BaseException | None:
+        try:
+            await http1.Pool(url).post("/", b"x")
+        except http1.ConnectionClosed as exc:
+            return exc
+        return None
+
+    error, connections = run(serve(script, client))  # type: ignore[misc]
+    assert isinstance(error, http1.ConnectionClosed)
+    assert connections == 1
+
+
+def test_a_gzipped_body_is_decoded() -> None:
+    payload = json.dumps({"text": "x" * 5000}).encode()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(ok(gzip.compress(payload), b"content-encoding: gzip\r\n"))
+
+    (status, body), _ = run(serve(script, lambda url: http1.Pool(url).get("/")))  # type: ignore[misc]
+    assert status == 200 and body == payload
+
+
+def test_bytes_that_are_not_http_are_a_protocol_error() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")
+
+    with pytest.raises(http1.ProtocolError, match="malformed HTTP answer"):
+        run(serve(script, lambda url: http1.Pool(url).get("/")))
+
+
+def test_the_deadline_interrupts_a_stalled_body_and_the_connection_is_dropped() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        if n == 1:
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial")
+            await writer.drain()
+            await asyncio.sleep(5)
+        else:
+            writer.write(ok(b"fine"))
+            await writer.drain()
+            await asyncio.sleep(0.5)
+
+    async def client(url: str) -> tuple[BaseException | None, bytes]:
+        pool = http1.Pool(url)
+        resp = await pool.request("GET", "/", timeout_s=0.3)
+        error = None
+        try:
+            await resp.read()
+        except http1.RequestTimeout as exc:
+            error = exc
+        return error, (await pool.get("/"))[1]
+
+    (error, second), connections = run(serve(script, client))  # type: ignore[misc]
+    assert isinstance(error, TimeoutError)
+    assert second == b"fine"
+    assert connections == 2
+
+
+def test_an_answer_released_unread_closes_its_connection() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n01234")  # half of it, for now
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.write(b"56789")
+            await writer.drain()
+
+    async def client(url: str) -> bytes:
+        pool = http1.Pool(url)
+        resp = await pool.request("GET", "/")
+        resp.release()  # the caller lost interest (a client disconnect, a timeout upstream of us)
+        return (await pool.get("/"))[1]
+
+    body, connections = run(serve(script, client))  # type: ignore[misc]
+    assert body == b"0123456789"
+    assert connections == 2
+
+
+def test_a_large_streamed_body_survives_flow_control() -> None:
+    piece = bytes(range(256)) * 256  # 64 KiB
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        for _ in range(64):  # 4 MiB, faster than the reader takes it
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    async def client(url: str) -> tuple[int, int]:
+        resp = await http1.Pool(url).request("GET", "/")
+        total, most_held = 0, 0
+        async for data in resp.iter_chunks():
+            total += len(data)
+            most_held = max(most_held, resp._buffered)
+            if total % (1 << 20) < len(data):
+                await asyncio.sleep(0.05)  # a slow consumer
+        return total, most_held
+
+    (total, most_held), _ = run(serve(script, client))  # type: ignore[misc]
+    assert total == 64 * len(piece)
+    assert most_held < 2 << 20  # reading stopped while the consumer lagged: memory held stays bounded
