@@ -50,6 +50,9 @@ class InferenceRequest:
     logprobs: bool = False
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    #: what is worked out from the request once and read by several parts (the tokenized prompt: counted by the
+    #: size rule, then generated from), keyed by what worked it out
+    memo: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def text(self) -> str:
         """All prompt text, for cheap features (length, cues) and rough counting."""

@@ -105,6 +105,20 @@ def test_completions_endpoint_and_stop(client: openai.OpenAI, router: ManagedPro
     assert "".join(c.choices[0].text for c in streamed if c.choices) == text
 
 
+def test_generation_matches_llama_cpp_given_the_text(client: openai.OpenAI, model_path: str) -> None:
+    """The router tokenizes a prompt once and generates from the tokens: the answer and the prompt count must be
+    what llama-cpp-python itself gives for the text."""
+    from llama_cpp import Llama
+
+    prompt = "<start_of_turn>user\nList three fruits.<end_of_turn>\n<start_of_turn>model\n"
+    llm = Llama(model_path=model_path, n_ctx=512, n_threads=1, verbose=False)
+    direct = llm.create_completion(prompt, max_tokens=12, temperature=0)
+    routed = client.completions.create(model="local", prompt=prompt, max_tokens=12, temperature=0)
+    assert routed.choices[0].text == direct["choices"][0]["text"]  # type: ignore[index]
+    assert routed.usage is not None
+    assert routed.usage.prompt_tokens == direct["usage"]["prompt_tokens"]  # type: ignore[index]
+
+
 def test_seed_makes_sampling_repeatable(client: openai.OpenAI) -> None:
     def once(seed: int) -> str:
         r = client.chat.completions.create(

@@ -133,3 +133,49 @@ def test_embedded_default_adds_cloud_tier_from_environment() -> None:
     local_only = default_config({})
     assert [b.tier for b in local_only.backends] == ["local"]
     assert "running local-only" in local_only.notes[0]
+
+
+def test_a_long_auto_routed_prompt_is_tokenized_once() -> None:
+    """The size rule counts the prompt with the local tokenizer; the local backend then generates from those same
+    tokens instead of formatting and tokenizing the prompt again."""
+    import asyncio
+
+    from hybrid.answers import RequestContext
+    from hybrid.backends import create_backend
+    from hybrid.backends.llamacpp import LlamaCppBackend
+    from hybrid.config import BackendConfig, Config
+    from hybrid.gateway import Gateway
+
+    backend = LlamaCppBackend(BackendConfig(name="cpu", kind="llamacpp", tier="local", model="gemma-3-270m",
+                                            context=2048, threads=1))
+    cloud = create_backend(BackendConfig(name="cloud", kind="openai", tier="cloud", base_url="http://127.0.0.1:9/v1",
+                                         models=["big"]))  # never called: the prompt fits the local tier
+    config = Config(backends=[backend.cfg, cloud.cfg])
+    config.routing.long_prompt_tokens = 4000
+    gateway = Gateway(config, [backend, cloud])
+    long_text = "Tell me about the history of tea. " * 150  # past what a byte bound can settle against 2048 tokens
+    req = parse_chat_request({"model": "auto", "messages": [{"role": "user", "content": long_text}], "max_tokens": 2})
+
+    async def go() -> tuple[int, int, int]:
+        await gateway.start()
+        calls = 0
+        tokenize = backend._tokenize
+
+        def counting(prompt: str) -> list[int]:
+            nonlocal calls
+            calls += 1
+            return tokenize(prompt)
+
+        backend._tokenize = counting  # type: ignore[method-assign]
+        try:
+            ctx = RequestContext(request_id="r1", headers={}, tenant="t")
+            decision = await gateway.route(req, ctx)
+            assert decision.targets[0].backend is backend, decision.reason
+            chunks = [c async for c in backend.stream(req, "gemma-3-270m")]
+            return calls, decision.prompt_tokens or 0, chunks[-1]["usage"]["prompt_tokens"]
+        finally:
+            await gateway.stop()
+
+    calls, counted, used = asyncio.run(go())
+    assert counted > 0 and counted == used
+    assert calls == 1

@@ -158,19 +158,28 @@ class LlamaCppBackend(Backend):
         fp = self._formatter(req.messages)
         return fp.prompt, fp.stop
 
-    def _tokenize(self, prompt: str) -> int:
-        return len(self._vocab.tokenize(prompt.encode("utf-8"), add_bos=True, special=True))
+    def _tokenize(self, prompt: str) -> list[int]:
+        # what create_completion does with a text prompt: BOS (if the model wants one), special tokens parsed
+        return self._vocab.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)  # type: ignore[no-any-return]
 
-    async def _count(self, prompt: str) -> int:
-        """Tokens of a formatted prompt; long ones are tokenized off the event loop."""
-        if len(prompt) > _COUNT_INLINE_CHARS:
-            return await asyncio.to_thread(self._tokenize, prompt)
-        return self._tokenize(prompt)
+    async def _prompt_tokens(self, req: InferenceRequest) -> tuple[list[int], list[str]]:
+        """The request's prompt as tokens, and the template's stop strings: formatted and tokenized once per
+        request (the size rule counts them, generation starts from them); long prompts off the event loop."""
+        key = f"llamacpp:{self.model_path}:{self.chat_format}"
+        memo = req.memo.get(key)
+        if memo is None:
+            prompt, stop = self._prompt(req)
+            if len(prompt) > _COUNT_INLINE_CHARS:
+                tokens = await asyncio.to_thread(self._tokenize, prompt)
+            else:
+                tokens = self._tokenize(prompt)
+            memo = req.memo[key] = (tokens, stop)
+        return memo  # type: ignore[no-any-return]
 
     async def count_prompt_tokens(self, req: InferenceRequest) -> int | None:
         if self._vocab is None:
             return None
-        return await self._count(self._prompt(req)[0])
+        return len((await self._prompt_tokens(req))[0])
 
     def count_text_tokens(self, text: str) -> int | None:
         if self._vocab is None:
@@ -195,8 +204,8 @@ class LlamaCppBackend(Backend):
         if self.state is not BackendState.UP or self._pool is None or self._executor is None:
             raise ServiceUnavailableError(f"Backend '{self.name}' is {self.state.value}.")
         self.check(req)
-        prompt, template_stop = self._prompt(req)
-        n_prompt = await self._count(prompt)
+        prompt, template_stop = await self._prompt_tokens(req)
+        n_prompt = len(prompt)
         if n_prompt + (req.max_tokens or 1) > self._n_ctx:
             raise ContextLengthExceededError(
                 f"This model's maximum context length is {self._n_ctx} tokens. However, you requested "
@@ -291,7 +300,7 @@ class _Slot:
 
         ctx.generate = generate
 
-    def run(self, prompt: str, kwargs: dict[str, Any], emit: Any, cancel: threading.Event) -> None:
+    def run(self, prompt: list[int], kwargs: dict[str, Any], emit: Any, cancel: threading.Event) -> None:
         """Worker thread: run one completion, handing text pieces to the loop. Never raises."""
         self.cancel = cancel
         self.completion_tokens = 0
