@@ -104,7 +104,8 @@ class Gateway:
         if name == AUTO:
             simple = self.policy.simple
             ctx_len = min((b.context for b in self.resolver.by_tier.get(simple, []) if b.context), default=0)
-            choice = await self.policy.choose(req, ctx_len, self.count_prompt_tokens)
+            counter = self._tokenizer.count_text_tokens if self._tokenizer is not None else None
+            choice = await self.policy.choose(req, ctx_len, self.count_prompt_tokens, counter)
             decision = self._tier_decision(choice.tier, choice.reason, overflow=True)
             decision.auto = True
             if choice.prompt_tokens is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pytest
 
 from hybrid.config import default_config
@@ -11,6 +13,9 @@ from hybrid.protocol import parse_chat_request
 from hybrid.routing.breaker import BreakerState, CircuitBreaker
 from hybrid.routing.features import extract_features
 from hybrid.routing.scoring import HeuristicScorer, load_scorer
+
+if TYPE_CHECKING:
+    from hybrid.routing.policy import AutoPolicy
 
 
 class Clock:
@@ -112,6 +117,54 @@ def test_features_count_cues_and_turns() -> None:
         {"role": "assistant", "content": "ok"}, {"role": "user", "content": "and compare"}]})
     f = extract_features(req)
     assert (f.turns, f.reasoning_cues) == (3, 3)
+
+
+def test_code_hints_count_fences_indents_semicolons_and_keywords() -> None:
+    code = _features("```js\nfunction f(x) {\n    return x => x + 1;\n}\n```")
+    assert code.code_blocks == 1
+    assert code.code_hints == 6  # two fences, function, =>, one indented line, one line-ending semicolon
+    assert _features("Plan a trip; then tell me where to eat.").code_hints == 0
+
+
+def _policy() -> "AutoPolicy":
+    from hybrid.config import RoutingConfig
+    from hybrid.routing.policy import AutoPolicy
+
+    return AutoPolicy(RoutingConfig(), HeuristicScorer(), ["local", "cloud"])
+
+
+def test_a_prompt_far_over_the_local_context_is_settled_by_a_sample() -> None:
+    import asyncio
+
+    sampled: list[int] = []
+
+    def count_text(text: str) -> int:
+        sampled.append(len(text))
+        return len(text) // 4
+
+    async def never(req: object) -> int:
+        raise AssertionError("a prompt this far over must not be counted whole")
+
+    req = parse_chat_request({"model": "auto", "messages": [{"role": "user", "content": "word " * 12_000}]})
+    choice = asyncio.run(_policy().choose(req, 2048, never, count_text))
+    assert choice.tier == "cloud" and choice.reason.startswith("auto:size>2048ctx(est~")
+    assert choice.prompt_tokens is None  # an estimate never stands in for a count
+    assert sum(sampled) <= 3 * 512
+
+
+def test_a_prompt_near_the_bound_is_counted_whole() -> None:
+    import asyncio
+
+    counted: list[object] = []
+
+    async def count(req: object) -> int:
+        counted.append(req)
+        return 2100
+
+    req = parse_chat_request({"model": "auto", "messages": [{"role": "user", "content": "word " * 2000}]})
+    choice = asyncio.run(_policy().choose(req, 2048, count, lambda text: len(text) // 4))
+    assert counted == [req]
+    assert (choice.tier, choice.reason, choice.prompt_tokens) == ("cloud", "auto:size>2048ctx", 2100)
 
 
 class ConstantScorer:

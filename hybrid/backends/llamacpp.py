@@ -29,7 +29,7 @@ from hybrid.protocol import Chunk, InferenceRequest, make_chunk, make_usage, mak
 log = logging.getLogger("hybrid.llamacpp")
 
 DEFAULT_CONTEXT = 8192
-_COUNT_INLINE_CHARS = 16_384  # longer prompts are tokenized off the event loop
+_COUNT_INLINE_CHARS = 2_048  # longer prompts are tokenized off the event loop (about 1 ms of tokenizer per 2 KB)
 _END = object()
 
 
