@@ -28,6 +28,8 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from hybrid.metrics import METRICS
+
 USER_AGENT = "hybrid/0.1"
 _PAUSE_AT = 1 << 20  # buffered body bytes at which reading stops while a body is streamed...
 _RESUME_AT = 1 << 18  # ...and below which it starts again
@@ -338,7 +340,9 @@ class Pool:
         keepalive_s: float = 15.0,
         max_idle: int = 64,
         ssl_context: ssl.SSLContext | None = None,
+        name: str = "",
     ) -> None:
+        """``name`` labels the pool's connection counter on /metrics (the backend's name)."""
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {base_url!r}")
@@ -359,6 +363,7 @@ class Pool:
         self.max_idle = max_idle
         self._idle: list[_Connection] = []
         self._live: set[_Connection] = set()
+        self.name = name or base_url
         self.opened = 0  # connections made so far (a pool that keeps them alive makes few)
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -445,6 +450,8 @@ class Pool:
             raise ConnectError(f"cannot connect to {where}: {exc.strerror or exc}") from None
         self._live.add(conn)
         self.opened += 1
+        METRICS.inc("hybrid_upstream_connections_total", "Connections opened to upstreams (few, if kept alive)",
+                    upstream=self.name)
         return conn
 
     def _take_idle(self) -> _Connection | None:

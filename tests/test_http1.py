@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Iterator
 import pytest
 
 from hybrid import http1
+from hybrid.metrics import METRICS
 from tests.procs import ManagedProcess, free_port, start_fault_upstream
 
 CHAT = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
@@ -47,7 +48,7 @@ def sse_payloads(body: bytes) -> list[str]:
 
 def test_keep_alive_reuses_one_connection(upstream: ManagedProcess) -> None:
     async def go() -> tuple[list[int], int]:
-        pool = http1.Pool(upstream.url + "/ok/v1", headers=JSON)
+        pool = http1.Pool(upstream.url + "/ok/v1", headers=JSON, name="keepalive-test")
         statuses = []
         for _ in range(5):
             status, body = await pool.post("/chat/completions", CHAT)
@@ -59,6 +60,7 @@ def test_keep_alive_reuses_one_connection(upstream: ManagedProcess) -> None:
     statuses, opened = run(go())  # type: ignore[misc]
     assert statuses == [200] * 5
     assert opened == 1
+    assert METRICS.get("hybrid_upstream_connections_total", upstream="keepalive-test") == 1
 
 
 def test_streamed_chunked_body_arrives_whole_and_keeps_the_connection(upstream: ManagedProcess) -> None:

@@ -97,12 +97,13 @@ class OpenAIBackend(Backend):
         self._pool = self._new_pool(self.base_url, self._headers)
         self.state = BackendState.UP
 
-    def _new_pool(self, url: str, headers: dict[str, str] | None = None) -> http1.Pool:
+    def _new_pool(self, url: str, headers: dict[str, str] | None = None, name: str = "") -> http1.Pool:
         context = None
         if self.cfg.ca_file:
             context = ssl.create_default_context()
             context.load_verify_locations(os.path.expanduser(self.cfg.ca_file))
-        return http1.Pool(url, headers=headers, connect_timeout_s=self.cfg.connect_timeout_s, ssl_context=context)
+        return http1.Pool(url, headers=headers, connect_timeout_s=self.cfg.connect_timeout_s, ssl_context=context,
+                          name=name or self.name)
 
     async def stop(self) -> None:
         self.state = BackendState.DOWN

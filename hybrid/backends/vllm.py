@@ -83,7 +83,7 @@ class VllmBackend(OpenAIBackend):
             self._port = _free_port()
             self.base_url = f"http://127.0.0.1:{self._port}/v1"
         await super().start()  # the connection pool for requests
-        self._control = self._new_pool(self.root)
+        self._control = self._new_pool(self.root, name=f"{self.name}:control")
         self.state = BackendState.LOADING
         if self.managed:
             log_dir = os.environ.get("HYBRID_LOG_DIR")

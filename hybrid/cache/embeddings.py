@@ -135,7 +135,7 @@ class HttpEmbedder(Embedder):
         headers = {"content-type": "application/json"}
         if api_key:
             headers["authorization"] = f"Bearer {api_key}"
-        self._pool = http1.Pool(base_url, headers=headers)
+        self._pool = http1.Pool(base_url, headers=headers, name=f"embeddings:{model}")
 
     async def embed(self, texts: list[str]) -> np.ndarray:
         import orjson
