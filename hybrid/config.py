@@ -57,6 +57,7 @@ class BackendConfig:
     first_byte_timeout_s: float = 60.0
     total_timeout_s: float = 600.0
     ca_file: str = ""  # PEM bundle trusted for this https upstream, besides the system's CAs
+    proxy: str = ""  # "": from HTTPS_PROXY/HTTP_PROXY/ALL_PROXY/NO_PROXY; "none": direct; or http://[user:pw@]host:port
     max_concurrency: int = 0  # 0: no limit
     price_input_per_mtok: float = 0.0
     price_output_per_mtok: float = 0.0
@@ -276,6 +277,8 @@ def _check_backend(b: BackendConfig, path: str) -> None:
             raise ConfigError(f"{path}.tensor_parallel: must be >= 1")
     if b.base_url and not b.base_url.startswith(("http://", "https://")):
         raise ConfigError(f"{path}.base_url: must start with http:// or https:// (got {b.base_url!r})")
+    if b.proxy not in ("", "none") and not b.proxy.startswith("http://"):
+        raise ConfigError(f"{path}.proxy: '' (from the environment), 'none', or an http:// URL (got {b.proxy!r})")
     if b.ca_file and not os.path.isfile(os.path.expanduser(b.ca_file)):
         raise ConfigError(f"{path}.ca_file: no such file: {b.ca_file}")
     if b.context < 0:

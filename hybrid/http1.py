@@ -13,18 +13,27 @@ whole-request deadline; read flow control while a body is streamed; and one retr
 reused one turns out to have been closed by the server before it read the request (the server's keep-alive
 timeout racing our reuse: nothing of the answer had arrived, so the request was never handled).
 
-What it does not: proxies, redirects, cookies, HTTP/2. The upstreams are OpenAI-compatible APIs named in config.
+Proxies: an ``http://`` proxy, named per pool or found in the environment (:func:`proxy_from_environment`:
+HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and NO_PROXY, as curl reads them; loopback is never proxied). https origins go
+through a CONNECT tunnel, plain http ones as absolute-form requests; credentials in the proxy URL are sent as
+Basic auth.
+
+What it does not: redirects, cookies, HTTP/2. The upstreams are OpenAI-compatible APIs named in config.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import ipaddress
+import os
 import ssl
 import time
+import urllib.request
 import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
-from urllib.parse import urlsplit
+from collections.abc import AsyncIterator, Iterable, Mapping
+from urllib.parse import unquote, urlsplit
 
 import httptools
 
@@ -341,8 +350,10 @@ class Pool:
         max_idle: int = 64,
         ssl_context: ssl.SSLContext | None = None,
         name: str = "",
+        proxy: str | None = None,
     ) -> None:
-        """``name`` labels the pool's connection counter on /metrics (the backend's name)."""
+        """``name`` labels the pool's connection counter on /metrics (the backend's name); ``proxy`` is an
+        ``http://[user:password@]host:port`` URL to go through, or ``None`` to connect directly."""
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {base_url!r}")
@@ -355,8 +366,24 @@ class Pool:
         self._ssl: ssl.SSLContext | None = None
         if parts.scheme == "https":
             self._ssl = ssl_context or ssl.create_default_context()
+        self._authority = authority
         fixed = {"host": authority, "user-agent": USER_AGENT, "accept-encoding": "identity"}
         fixed |= {k.lower(): v for k, v in (headers or {}).items()}
+        self._target = self.prefix  # what precedes a request's path on its request line
+        self._proxy: tuple[str, int] | None = None
+        self._proxy_auth: str | None = None
+        if proxy:
+            pp = urlsplit(proxy)
+            if pp.scheme != "http" or not pp.hostname:
+                raise ValueError(f"a proxy must be an http:// URL with a host (got {proxy!r})")
+            self._proxy = (pp.hostname, pp.port or 80)
+            if pp.username is not None:
+                user_pass = f"{unquote(pp.username)}:{unquote(pp.password or '')}".encode()
+                self._proxy_auth = "Basic " + base64.b64encode(user_pass).decode()
+            if self._ssl is None:  # plain http through a proxy: absolute-form targets, credentials on each request
+                self._target = f"http://{authority}{self.prefix}"
+                if self._proxy_auth:
+                    fixed["proxy-authorization"] = self._proxy_auth
         self._fixed = _header_block(fixed.items())
         self.connect_timeout_s = connect_timeout_s
         self.keepalive_s = keepalive_s
@@ -385,11 +412,11 @@ class Pool:
 
         ``timeout_s`` bounds the whole exchange, body included; a passing deadline raises :class:`RequestTimeout`
         from whichever wait it interrupts."""
-        head = f"{method} {self.prefix}{path} HTTP/1.1\r\n".encode("latin-1") + self._fixed
+        head = f"{method} {self._target}{path} HTTP/1.1\r\n".encode("latin-1") + self._fixed
         if headers:
             head += _header_block(headers.items())
         if body or method in ("POST", "PUT", "PATCH"):
-            head += b"content-length: %d\r\n" % len(body)
+            head += b"Content-Length: %d\r\n" % len(body)
         data = head + b"\r\n" + body
         deadline = self.loop.time() + timeout_s if timeout_s is not None else None
         for attempt in (1, 2):
@@ -435,13 +462,19 @@ class Pool:
         timeout = self.connect_timeout_s
         if deadline is not None:
             timeout = min(timeout, max(0.0, deadline - loop.time()))
-        where = f"{self.host}:{self.port}"
+        via = self._proxy
+        where = f"{self.host}:{self.port}" + (f" through the proxy {via[0]}:{via[1]}" if via else "")
         try:
             async with asyncio.timeout(timeout):
-                _, conn = await loop.create_connection(
-                    lambda: _Connection(self), self.host, self.port,
-                    ssl=self._ssl, server_hostname=self.host if self._ssl is not None else None,
-                )
+                if via is None:
+                    _, conn = await loop.create_connection(
+                        lambda: _Connection(self), self.host, self.port,
+                        ssl=self._ssl, server_hostname=self.host if self._ssl is not None else None,
+                    )
+                elif self._ssl is None:
+                    _, conn = await loop.create_connection(lambda: _Connection(self), *via)
+                else:
+                    conn = await self._tunnel(via)
         except TimeoutError:
             raise ConnectError(f"connecting to {where} timed out after {timeout:g}s") from None
         except ssl.SSLError as exc:
@@ -453,6 +486,29 @@ class Pool:
         METRICS.inc("hybrid_upstream_connections_total", "Connections opened to upstreams (few, if kept alive)",
                     upstream=self.name)
         return conn
+
+    async def _tunnel(self, via: tuple[str, int]) -> _Connection:
+        """A CONNECT tunnel through the proxy, then TLS with the origin inside it."""
+        loop = self.loop
+        transport, head = await loop.create_connection(_TunnelHead, *via)
+        try:
+            hostport = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+            lines = [f"CONNECT {hostport} HTTP/1.1", f"Host: {hostport}", f"User-Agent: {USER_AGENT}"]
+            if self._proxy_auth:
+                lines.append(f"Proxy-Authorization: {self._proxy_auth}")
+            transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+            status_line = await head.answer
+            parts = status_line.split(" ", 2)
+            if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].startswith("2"):
+                raise ConnectError(f"the proxy {via[0]}:{via[1]} refused a tunnel to {hostport}: {status_line}")
+            conn = _Connection(self)
+            assert self._ssl is not None
+            tls = await loop.start_tls(transport, conn, self._ssl, server_hostname=self.host)
+            conn.connection_made(tls)  # type: ignore[arg-type]  # start_tls leaves this to its caller
+            return conn
+        except BaseException:
+            transport.abort()
+            raise
 
     def _take_idle(self) -> _Connection | None:
         idle = self._idle
@@ -478,10 +534,55 @@ class Pool:
         self._live.discard(conn)
 
 
+class _TunnelHead(asyncio.Protocol):
+    """Reads a proxy's answer to CONNECT: its status line, once the head has arrived."""
+
+    def __init__(self) -> None:
+        self.answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._buf = b""
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        if b"\r\n\r\n" in self._buf and not self.answer.done():
+            self.answer.set_result(self._buf.split(b"\r\n", 1)[0].decode("latin-1").strip())
+        elif len(self._buf) > 65536 and not self.answer.done():
+            self.answer.set_exception(ConnectError("the proxy's answer to CONNECT has no end"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.answer.done():
+            self.answer.set_exception(ConnectError(f"the proxy closed the connection during CONNECT{': ' + str(exc) if exc else ''}"))
+
+
+def proxy_from_environment(url: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """The proxy for ``url`` that the environment names (HTTPS_PROXY / HTTP_PROXY, else ALL_PROXY; either
+    case), or ``None`` when there is none or NO_PROXY excludes the host. Loopback hosts are never proxied: a
+    local vLLM or llama.cpp server must not go out through the office proxy."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return None
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:
+        pass
+    env = os.environ if environ is None else environ
+    found = {k.lower(): v for k, v in env.items() if k.lower().endswith("_proxy") and v}
+    proxy = found.get(f"{parts.scheme}_proxy") or found.get("all_proxy")
+    if not proxy:
+        return None
+    no_proxy = found.get("no_proxy", "")
+    if no_proxy and urllib.request.proxy_bypass_environment(host, {"no": no_proxy}):  # type: ignore[attr-defined]
+        return None
+    return proxy if "://" in proxy else "http://" + proxy
+
+
 def _header_block(items: Iterable[tuple[str, str]]) -> bytes:
+    """Header lines, names in their conventional case (Content-Type): names are case-insensitive, but some
+    proxies add a header they think missing when it is only spelled in lower case."""
     lines = []
     for name, value in items:
         if any(c in name or c in value for c in "\r\n\0"):
             raise ValueError(f"header {name!r} has a line break in its name or value")
-        lines.append(f"{name}: {value}\r\n")
+        lines.append(f"{'-'.join(w.capitalize() for w in name.split('-'))}: {value}\r\n")
     return "".join(lines).encode("latin-1")

@@ -46,9 +46,12 @@ class ManagedProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.args} exited with {self.proc.returncode}:\n{self.output()}")
             try:
+                if not self.ready_path:  # not an HTTP server of its own (a proxy): listening is ready
+                    with socket.create_connection((self.url.split("//")[1].split(":")[0], int(self.url.rsplit(":", 1)[1])), 1):
+                        return self
                 if httpx.get(self.url + self.ready_path, timeout=2, verify=self.verify).status_code == 200:
                     return self
-            except httpx.HTTPError:
+            except (httpx.HTTPError, OSError):
                 pass
             time.sleep(0.1)
         self.stop()
@@ -101,6 +104,14 @@ def start_fault_upstream(tls: tuple[str, str, str] | None = None) -> ManagedProc
         return ManagedProcess(args, f"http://127.0.0.1:{port}", "/health").start()
     args += ["--certfile", tls[0], "--keyfile", tls[1]]
     return ManagedProcess(args, f"https://127.0.0.1:{port}", "/health", ca_file=tls[2]).start()
+
+
+def start_proxy(basic_auth: str) -> ManagedProcess:
+    """proxy.py, a real forward HTTP proxy (CONNECT tunnels included), asking for ``user:password``."""
+    port = free_port()
+    args = [sys.executable, "-m", "proxy", "--hostname", "127.0.0.1", "--port", str(port), "--basic-auth", basic_auth,
+            "--num-workers", "1", "--num-acceptors", "1", "--log-level", "WARNING"]
+    return ManagedProcess(args, f"http://127.0.0.1:{port}", "").start()
 
 
 def valkey_binary() -> str:

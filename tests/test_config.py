@@ -65,6 +65,9 @@ def test_embedded_default_is_the_bundled_model() -> None:
         (('models = ["gpt-4o-mini", "gpt-4o"]', "models = []"), "backends[1].models: list the model ids"),
         (("overflow_wait_s = 2", "overflow_wait_s = -1"), "routing.overflow_wait_s: must be >= 0"),
         (("[routing]", "[routeing]"), "routeing: unknown section"),
+        (('api_key_env = "OPENAI_API_KEY"', 'proxy = "socks5://127.0.0.1:1080"'),
+         "backends[1].proxy: '' (from the environment), 'none', or an http:// URL"),
+        (('api_key_env = "OPENAI_API_KEY"', 'ca_file = "/nowhere/ca.pem"'), "backends[1].ca_file: no such file"),
     ],
 )
 def test_mistakes_name_the_key(mutation: tuple[str, str], message: str) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from hybrid import http1
 from hybrid.metrics import METRICS
-from tests.procs import ManagedProcess, free_port, start_fault_upstream
+from tests.procs import ManagedProcess, free_port, start_fault_upstream, start_proxy
 
 CHAT = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
 STREAM = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}).encode()
@@ -121,6 +121,58 @@ def test_https_with_a_private_ca(tls_upstream: ManagedProcess, tls_files: tuple[
     status, error = run(go())  # type: ignore[misc]
     assert status == 200
     assert error is not None and "certificate" in str(error).lower()
+
+
+@pytest.fixture(scope="module")
+def proxy() -> Iterator[ManagedProcess]:
+    proc = start_proxy("hybrid:s3cret")
+    yield proc
+    proc.stop()
+
+
+def _through(proxy: ManagedProcess, credentials: str) -> str:
+    return proxy.url.replace("http://", f"http://{credentials}@")
+
+
+def test_plain_http_through_a_proxy(upstream: ManagedProcess, proxy: ManagedProcess) -> None:
+    async def go() -> tuple[int, int]:
+        good = http1.Pool(upstream.url + "/ok/v1", headers=JSON, proxy=_through(proxy, "hybrid:s3cret"))
+        bad = http1.Pool(upstream.url + "/ok/v1", headers=JSON, proxy=_through(proxy, "hybrid:wrong"))
+        return (await good.post("/chat/completions", CHAT))[0], (await bad.post("/chat/completions", CHAT))[0]
+
+    assert run(go()) == (200, 407)  # the proxy is in the path: it turns away wrong credentials
+
+
+def test_https_through_a_proxy_tunnel(tls_upstream: ManagedProcess, proxy: ManagedProcess,
+                                      tls_files: tuple[str, str, str]) -> None:
+    async def go() -> tuple[int, int, BaseException | None]:
+        context = ssl.create_default_context(cafile=tls_files[2])
+        good = http1.Pool(tls_upstream.url + "/ok/v1", headers=JSON, ssl_context=context,
+                          proxy=_through(proxy, "hybrid:s3cret"))
+        statuses = [(await good.post("/chat/completions", CHAT))[0] for _ in range(3)]
+        bad = http1.Pool(tls_upstream.url + "/ok/v1", headers=JSON, ssl_context=context,
+                         proxy=_through(proxy, "hybrid:wrong"))
+        try:
+            await bad.post("/chat/completions", CHAT)
+        except http1.ConnectError as exc:
+            return statuses[-1], good.opened, exc
+        return statuses[-1], good.opened, None
+
+    status, opened, refused = run(go())  # type: ignore[misc]
+    assert status == 200 and opened == 1  # one tunnel, kept alive
+    assert refused is not None and "407" in str(refused)
+
+
+def test_proxy_from_the_environment() -> None:
+    env = {"HTTPS_PROXY": "proxy.corp:3128", "http_proxy": "http://web.corp:8080", "NO_PROXY": "internal.corp,.lan"}
+    assert http1.proxy_from_environment("https://api.openai.com/v1", env) == "http://proxy.corp:3128"
+    assert http1.proxy_from_environment("http://models.example/v1", env) == "http://web.corp:8080"
+    assert http1.proxy_from_environment("https://internal.corp/v1", env) is None
+    assert http1.proxy_from_environment("http://gpu.lan:8000/v1", env) is None
+    assert http1.proxy_from_environment("http://127.0.0.1:8000/v1", env) is None  # loopback: never
+    assert http1.proxy_from_environment("http://localhost:8000/v1", env) is None
+    assert http1.proxy_from_environment("https://api.openai.com/v1", {"ALL_PROXY": "http://all:1"}) == "http://all:1"
+    assert http1.proxy_from_environment("https://api.openai.com/v1", {}) is None
 
 
 def test_nothing_listening_is_a_connect_error() -> None:

@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from tests.conftest import sdk
-from tests.procs import ManagedProcess, start_fault_upstream, start_llama_server, start_router
+from tests.procs import ManagedProcess, start_fault_upstream, start_llama_server, start_proxy, start_router
 
 
 @pytest.fixture(scope="module")
@@ -415,3 +415,22 @@ fallbacks = []
     finally:
         router.stop()
         upstream.stop()
+
+
+def test_backends_reach_their_upstream_through_a_proxy(faults: ManagedProcess, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """`proxy` on a backend: a real forward proxy in the path, which turns away wrong credentials."""
+    proxy = start_proxy("router:pw")
+    good, bad = (proxy.url.replace("http://", f"http://router:{pw}@") for pw in ("pw", "nope"))
+    config = (_fault_backend(faults, "ok", name="proxied", proxy=good)
+              + _fault_backend(faults, "ok", name="refused", proxy=bad) + "\n[routing]\nfallbacks = []\n")
+    router = start_router(config, tmp_path_factory.mktemp("proxied"))
+    try:
+        headers, answer = _chat(router, "fault-proxied")
+        assert headers["x-hybrid-backend"] == "fproxied"
+        assert answer.choices[0].message.content == "Hello from the fault upstream."
+        with pytest.raises(openai.APIStatusError) as refused:
+            _chat(router, "fault-refused")
+        assert "answered 407" in refused.value.message
+    finally:
+        router.stop()
+        proxy.stop()

@@ -14,6 +14,7 @@ import os
 import ssl
 import time
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -31,6 +32,27 @@ from hybrid.errors import (
 from hybrid.protocol import Chunk, InferenceRequest, completion_to_chunk, from_text_completion_chunk
 
 log = logging.getLogger("hybrid.openai")
+
+
+def upstream_pool(cfg: BackendConfig, url: str, name: str, headers: dict[str, str] | None = None) -> http1.Pool:
+    """Connections to ``url`` as a backend's config says: JSON requests with its key (``api_key_env``) as a bearer
+    token, its connect timeout, CA file and proxy (its own ``proxy``, else the environment's, unless "none")."""
+    headers = {"content-type": "application/json", **(headers or {})}
+    if cfg.api_key_env:
+        key = os.environ.get(cfg.api_key_env)
+        if key:
+            headers["authorization"] = f"Bearer {key}"
+        else:
+            log.warning("%s: %s is not set; sending no API key", name, cfg.api_key_env)
+    context = None
+    if cfg.ca_file:
+        context = ssl.create_default_context()
+        context.load_verify_locations(os.path.expanduser(cfg.ca_file))
+    proxy = None if cfg.proxy == "none" else cfg.proxy or http1.proxy_from_environment(url)
+    if proxy:
+        log.info("%s: %s through the proxy %s", name, url, urlsplit(proxy).netloc.rpartition("@")[2])
+    return http1.Pool(url, headers=headers, connect_timeout_s=cfg.connect_timeout_s, ssl_context=context,
+                      name=name, proxy=proxy)
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -79,7 +101,6 @@ class OpenAIBackend(Backend):
         super().__init__(cfg)
         self.base_url = cfg.base_url.rstrip("/")
         self._pool: http1.Pool | None = None
-        self._headers = {"content-type": "application/json", "accept": "text/event-stream, application/json"}
         self._in_flight = 0
         self._service_s = 1.0
 
@@ -88,22 +109,8 @@ class OpenAIBackend(Backend):
         return self.cfg.models
 
     async def start(self) -> None:
-        if self.cfg.api_key_env:
-            key = os.environ.get(self.cfg.api_key_env)
-            if key:
-                self._headers["authorization"] = f"Bearer {key}"
-            else:
-                log.warning("backend %s: %s is not set; sending no API key", self.name, self.cfg.api_key_env)
-        self._pool = self._new_pool(self.base_url, self._headers)
+        self._pool = upstream_pool(self.cfg, self.base_url, self.name, {"accept": "text/event-stream, application/json"})
         self.state = BackendState.UP
-
-    def _new_pool(self, url: str, headers: dict[str, str] | None = None, name: str = "") -> http1.Pool:
-        context = None
-        if self.cfg.ca_file:
-            context = ssl.create_default_context()
-            context.load_verify_locations(os.path.expanduser(self.cfg.ca_file))
-        return http1.Pool(url, headers=headers, connect_timeout_s=self.cfg.connect_timeout_s, ssl_context=context,
-                          name=name or self.name)
 
     async def stop(self) -> None:
         self.state = BackendState.DOWN

@@ -21,7 +21,7 @@ import orjson
 from hybrid import http1
 
 from hybrid.backends.base import BackendLoad, BackendState
-from hybrid.backends.openai import OpenAIBackend
+from hybrid.backends.openai import OpenAIBackend, upstream_pool
 from hybrid.backends.process import ManagedServer
 from hybrid.backends.vllm_metrics import VllmMetrics, parse_vllm_metrics
 from hybrid.config import BackendConfig
@@ -83,7 +83,7 @@ class VllmBackend(OpenAIBackend):
             self._port = _free_port()
             self.base_url = f"http://127.0.0.1:{self._port}/v1"
         await super().start()  # the connection pool for requests
-        self._control = self._new_pool(self.root, name=f"{self.name}:control")
+        self._control = upstream_pool(self.cfg, self.root, f"{self.name}:control")
         self.state = BackendState.LOADING
         if self.managed:
             log_dir = os.environ.get("HYBRID_LOG_DIR")

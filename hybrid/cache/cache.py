@@ -217,11 +217,11 @@ def build_cache(config: Config) -> ResponseCache | None:
             if cfg.embedder == "local":
                 embedder = LocalMiniLM()
             else:
-                import os
+                from hybrid.backends.openai import upstream_pool
 
                 b = config.backend(cfg.embedder)
-                embedder = HttpEmbedder(b.base_url, cfg.embedding_model or (b.models[0] if b.models else ""),
-                                        os.environ.get(b.api_key_env) if b.api_key_env else None)
+                model = cfg.embedding_model or (b.models[0] if b.models else "")
+                embedder = HttpEmbedder(upstream_pool(b, b.base_url, f"embeddings:{b.name}"), model)
         except EmbedderUnavailable as exc:
             log.warning("cache: semantic layer off: %s", exc)
     dim = embedder.dim if embedder is not None and embedder.dim else 384

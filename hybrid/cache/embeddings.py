@@ -12,6 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from hybrid import http1
+
 log = logging.getLogger("hybrid.embeddings")
 
 
@@ -127,15 +129,11 @@ class LocalMiniLM(Embedder):
 class HttpEmbedder(Embedder):
     """Any OpenAI-compatible ``/v1/embeddings``."""
 
-    def __init__(self, base_url: str, model: str, api_key: str | None = None, dim: int = 0) -> None:
-        from hybrid import http1
-
+    def __init__(self, pool: http1.Pool, model: str, dim: int = 0) -> None:
+        """``pool``: connections to the API's base URL (``.../v1``), carrying its key."""
         self.name = model
         self.dim = dim
-        headers = {"content-type": "application/json"}
-        if api_key:
-            headers["authorization"] = f"Bearer {api_key}"
-        self._pool = http1.Pool(base_url, headers=headers, name=f"embeddings:{model}")
+        self._pool = pool
 
     async def embed(self, texts: list[str]) -> np.ndarray:
         import orjson
