@@ -55,10 +55,13 @@ class InferenceRequest:
     memo: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def text(self) -> str:
-        """All prompt text, for cheap features (length, cues) and rough counting."""
+        """All prompt text, for cheap features (length, cues) and rough counting; joined once per request."""
         if self.kind == "completion":
             return self.prompt
-        return "\n".join(content_text(m.get("content")) for m in self.messages)
+        text = self.memo.get("text")
+        if text is None:
+            text = self.memo["text"] = "\n".join(content_text(m.get("content")) for m in self.messages)
+        return text  # type: ignore[no-any-return]
 
 
 def content_text(content: Any) -> str:

@@ -19,7 +19,6 @@ import time
 import orjson
 
 from hybrid import http1
-
 from hybrid.backends.base import BackendLoad, BackendState
 from hybrid.backends.openai import OpenAIBackend, upstream_pool
 from hybrid.backends.process import ManagedServer
