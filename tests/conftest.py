@@ -8,7 +8,7 @@ import pytest
 import trustme
 
 from hybrid.backends.gguf import bundled_model_path
-from tests.procs import ManagedProcess, start_router
+from tests.procs import ManagedProcess, start_fault_upstream, start_router
 
 LOCAL_ONLY = """
 [server]
@@ -33,6 +33,14 @@ def model_path() -> str:
 def router(model_path: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:
     """The router on the bundled model, with a small context and body limit so error paths are cheap to hit."""
     proc = start_router(LOCAL_ONLY, tmp_path_factory.mktemp("router"))
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def faults() -> Iterator[ManagedProcess]:
+    """The tests' fault-injecting upstream (tests/fault_upstream.py): ``/{mode}/v1/...`` answers per mode."""
+    proc = start_fault_upstream()
     yield proc
     proc.stop()
 

@@ -16,17 +16,16 @@ import openai
 import pytest
 
 from tests.conftest import sdk
-from tests.procs import ManagedProcess, RedisServer, redisearch_module, start_fault_upstream, start_router, valkey_binary
+from tests.procs import (
+    ManagedProcess,
+    RedisServer,
+    redisearch_module,
+    start_router,
+    valkey_binary,
+)
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[ManagedProcess]:
-    proc = start_fault_upstream()
-    yield proc
-    proc.stop()
-
-
-def _config(upstream: ManagedProcess, cache: str = "", server: str = "") -> str:
+def _config(faults: ManagedProcess, cache: str = "", server: str = "") -> str:
     return f"""
 [server]
 {server}
@@ -35,14 +34,14 @@ def _config(upstream: ManagedProcess, cache: str = "", server: str = "") -> str:
 name = "up"
 kind = "openai"
 tier = "cloud"
-base_url = "{upstream.url}/ok/v1"
+base_url = "{faults.url}/ok/v1"
 models = ["up-model"]
 
 [[backends]]
 name = "broken"
 kind = "openai"
 tier = "broken"
-base_url = "{upstream.url}/disconnect/v1"
+base_url = "{faults.url}/disconnect/v1"
 models = ["broken-model"]
 
 [routing]
@@ -61,8 +60,8 @@ def _wait_semantic(router: ManagedProcess) -> None:
 
 
 @pytest.fixture(scope="module")
-def cached(upstream: ManagedProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:
-    proc = start_router(_config(upstream, "max_entries = 1000", 'api_keys = ["key-a", "key-b"]\nteams = { ops = ["key-c", "key-d"] }'),
+def cached(faults: ManagedProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:
+    proc = start_router(_config(faults, "max_entries = 1000", 'api_keys = ["key-a", "key-b"]\nteams = { ops = ["key-c", "key-d"] }'),
                         tmp_path_factory.mktemp("cached"))
     _wait_semantic(proc)
     yield proc
@@ -84,8 +83,8 @@ def _wait_stored(router: ManagedProcess, count: int) -> None:
         time.sleep(0.02)
 
 
-def _hits(upstream: ManagedProcess) -> int:
-    return int(httpx.get(upstream.url + "/stats").json().get("ok", 0))
+def _hits(faults: ManagedProcess) -> int:
+    return int(httpx.get(faults.url + "/stats").json().get("ok", 0))
 
 
 def _ask(router: ManagedProcess, content: str, key: str = "key-a", **kw: object):  # type: ignore[no-untyped-def]
@@ -96,23 +95,23 @@ def _ask(router: ManagedProcess, content: str, key: str = "key-a", **kw: object)
     return raw.headers, raw.parse()
 
 
-def test_exact_hit_skips_the_upstream(cached: ManagedProcess, upstream: ManagedProcess) -> None:
-    before = _hits(upstream)
+def test_exact_hit_skips_the_upstream(cached: ManagedProcess, faults: ManagedProcess) -> None:
+    before = _hits(faults)
     h1, r1 = _ask(cached, "Exact question one?")
     h2, r2 = _ask(cached, "Exact   question one?")  # whitespace does not matter
     assert h1["x-hybrid-cache"] == "miss" and h2["x-hybrid-cache"] == "hit-exact"
     assert (h2["x-hybrid-tier"], h2["x-hybrid-backend"]) == ("cache", "sqlite")
     assert r2.choices[0].message.content == r1.choices[0].message.content
     assert r2.usage == r1.usage and r2.id != r1.id
-    assert _hits(upstream) == before + 1
+    assert _hits(faults) == before + 1
 
 
-def test_non_deterministic_requests_bypass(cached: ManagedProcess, upstream: ManagedProcess) -> None:
-    before = _hits(upstream)
+def test_non_deterministic_requests_bypass(cached: ManagedProcess, faults: ManagedProcess) -> None:
+    before = _hits(faults)
     for _ in range(2):
         h, _ = _ask(cached, "A creative one?", temperature=0.9)
         assert h["x-hybrid-cache"] == "bypass"
-    assert _hits(upstream) == before + 2
+    assert _hits(faults) == before + 2
     h, _ = _ask(cached, "A seeded creative one?", temperature=0.9, seed=7)
     h, _ = _ask(cached, "A seeded creative one?", temperature=0.9, seed=7)
     assert h["x-hybrid-cache"] == "hit-exact"  # a seed makes it repeatable
@@ -167,14 +166,14 @@ def test_namespaces_are_separate(cached: ManagedProcess) -> None:
     assert h["x-hybrid-cache"] == "hit-exact"
 
 
-def test_cache_control(cached: ManagedProcess, upstream: ManagedProcess) -> None:
+def test_cache_control(cached: ManagedProcess, faults: ManagedProcess) -> None:
     h, _ = _ask(cached, "Never keep this?", extra_headers={"cache-control": "no-store"})
     assert h["x-hybrid-cache"] == "bypass"
     h, _ = _ask(cached, "Never keep this?")
     assert h["x-hybrid-cache"] == "miss"  # no-store wrote nothing
-    before = _hits(upstream)
+    before = _hits(faults)
     h, _ = _ask(cached, "Never keep this?", extra_headers={"cache-control": "no-cache"})
-    assert h["x-hybrid-cache"] == "bypass" and _hits(upstream) == before + 1  # skipped the lookup, refreshed
+    assert h["x-hybrid-cache"] == "bypass" and _hits(faults) == before + 1  # skipped the lookup, refreshed
     h, _ = _ask(cached, "Short-lived?", extra_headers={"cache-control": "max-age=1"})
     h, _ = _ask(cached, "Short-lived?")
     assert h["x-hybrid-cache"] == "hit-exact"
@@ -212,9 +211,9 @@ def test_embeddings_endpoint(cached: ManagedProcess) -> None:
         client.embeddings.create(model="x", input=[])
 
 
-def test_semantic_layer_over_an_embeddings_backend(cached: ManagedProcess, upstream: ManagedProcess, tmp_path: Path) -> None:
+def test_semantic_layer_over_an_embeddings_backend(cached: ManagedProcess, faults: ManagedProcess, tmp_path: Path) -> None:
     """`cache.embedder` naming an OpenAI-compatible backend: here another router's /v1/embeddings."""
-    config = _config(upstream, 'embedder = "emb"\nembedding_model = "all-MiniLM-L6-v2"') + f"""
+    config = _config(faults, 'embedder = "emb"\nembedding_model = "all-MiniLM-L6-v2"') + f"""
 [[backends]]
 name = "emb"
 kind = "openai"
@@ -233,8 +232,8 @@ models = ["all-MiniLM-L6-v2"]
         router.stop()
 
 
-def test_eviction_at_the_size_bound(upstream: ManagedProcess, tmp_path: Path) -> None:
-    proc = start_router(_config(upstream, "max_entries = 3\nsemantic = false"), tmp_path)
+def test_eviction_at_the_size_bound(faults: ManagedProcess, tmp_path: Path) -> None:
+    proc = start_router(_config(faults, "max_entries = 3\nsemantic = false"), tmp_path)
     try:
         for i in range(5):
             _ask(proc, f"Question number {i}?", key="x")
@@ -279,8 +278,8 @@ def valkey() -> Iterator[RedisServer]:
     server.stop()
 
 
-def test_two_routers_share_hits_through_redis(upstream: ManagedProcess, valkey: RedisServer, tmp_path: Path) -> None:
-    cfg = _config(upstream, f'backend = "redis"\nredis_url = "{valkey.url}"')
+def test_two_routers_share_hits_through_redis(faults: ManagedProcess, valkey: RedisServer, tmp_path: Path) -> None:
+    cfg = _config(faults, f'backend = "redis"\nredis_url = "{valkey.url}"')
     a = start_router(cfg, tmp_path)
     b = start_router(cfg, tmp_path)
     try:
@@ -307,10 +306,10 @@ def test_two_routers_share_hits_through_redis(upstream: ManagedProcess, valkey: 
         b.stop()
 
 
-def test_redis_without_search_module_is_exact_only(upstream: ManagedProcess, tmp_path: Path) -> None:
+def test_redis_without_search_module_is_exact_only(faults: ManagedProcess, tmp_path: Path) -> None:
     # the same Valkey without RediSearch (Debian's Redis 7.0, which refuses the module, behaves the same)
     server = RedisServer(valkey_binary()).start()
-    proc = start_router(_config(upstream, f'backend = "redis"\nredis_url = "{server.url}"'), tmp_path)
+    proc = start_router(_config(faults, f'backend = "redis"\nredis_url = "{server.url}"'), tmp_path)
     try:
         deadline = time.monotonic() + 120
         while httpx.get(proc.url + "/ready").json()["cache"]["embedder"] == "loading":

@@ -1,4 +1,4 @@
-"""The upstream HTTP/1.1 client against real servers (the tests' uvicorn upstream, plain and over TLS), and
+"""The upstream HTTP/1.1 client against real servers (the tests' uvicorn faults, plain and over TLS), and
 against scripted sockets for what a healthy server never does (a keep-alive race, a body cut off, bytes that are
 not HTTP, a stall)."""
 
@@ -21,12 +21,6 @@ STREAM = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"
 JSON = {"content-type": "application/json"}
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[ManagedProcess]:
-    proc = start_fault_upstream()
-    yield proc
-    proc.stop()
-
 
 @pytest.fixture(scope="module")
 def tls_upstream(tls_files: tuple[str, str, str]) -> Iterator[ManagedProcess]:
@@ -46,9 +40,9 @@ def sse_payloads(body: bytes) -> list[str]:
 # ------------------------------------------------------------------------------------------ real servers
 
 
-def test_keep_alive_reuses_one_connection(upstream: ManagedProcess) -> None:
+def test_keep_alive_reuses_one_connection(faults: ManagedProcess) -> None:
     async def go() -> tuple[list[int], int]:
-        pool = http1.Pool(upstream.url + "/ok/v1", headers=JSON, name="keepalive-test")
+        pool = http1.Pool(faults.url + "/ok/v1", headers=JSON, name="keepalive-test")
         statuses = []
         for _ in range(5):
             status, body = await pool.post("/chat/completions", CHAT)
@@ -63,9 +57,9 @@ def test_keep_alive_reuses_one_connection(upstream: ManagedProcess) -> None:
     assert METRICS.get("hybrid_upstream_connections_total", upstream="keepalive-test") == 1
 
 
-def test_streamed_chunked_body_arrives_whole_and_keeps_the_connection(upstream: ManagedProcess) -> None:
+def test_streamed_chunked_body_arrives_whole_and_keeps_the_connection(faults: ManagedProcess) -> None:
     async def go() -> tuple[str, list[str], int]:
-        pool = http1.Pool(upstream.url + "/ok/v1", headers=JSON)
+        pool = http1.Pool(faults.url + "/ok/v1", headers=JSON)
         resp = await pool.request("POST", "/chat/completions", STREAM)
         async with resp:
             pieces = [p async for p in resp.iter_chunks()]
@@ -82,9 +76,9 @@ def test_streamed_chunked_body_arrives_whole_and_keeps_the_connection(upstream: 
     assert opened == 1
 
 
-def test_a_cut_off_stream_raises_after_what_arrived(upstream: ManagedProcess) -> None:
+def test_a_cut_off_stream_raises_after_what_arrived(faults: ManagedProcess) -> None:
     async def go() -> tuple[bytes, BaseException | None, int]:
-        pool = http1.Pool(upstream.url, headers=JSON)
+        pool = http1.Pool(faults.url, headers=JSON)
         got: list[bytes] = []
         error = None
         resp = await pool.request("POST", "/disconnect/v1/chat/completions", STREAM)
@@ -134,10 +128,10 @@ def _through(proxy: ManagedProcess, credentials: str) -> str:
     return proxy.url.replace("http://", f"http://{credentials}@")
 
 
-def test_plain_http_through_a_proxy(upstream: ManagedProcess, proxy: ManagedProcess) -> None:
+def test_plain_http_through_a_proxy(faults: ManagedProcess, proxy: ManagedProcess) -> None:
     async def go() -> tuple[int, int]:
-        good = http1.Pool(upstream.url + "/ok/v1", headers=JSON, proxy=_through(proxy, "hybrid:s3cret"))
-        bad = http1.Pool(upstream.url + "/ok/v1", headers=JSON, proxy=_through(proxy, "hybrid:wrong"))
+        good = http1.Pool(faults.url + "/ok/v1", headers=JSON, proxy=_through(proxy, "hybrid:s3cret"))
+        bad = http1.Pool(faults.url + "/ok/v1", headers=JSON, proxy=_through(proxy, "hybrid:wrong"))
         return (await good.post("/chat/completions", CHAT))[0], (await bad.post("/chat/completions", CHAT))[0]
 
     assert run(go()) == (200, 407)  # the proxy is in the path: it turns away wrong credentials

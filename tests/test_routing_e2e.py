@@ -25,12 +25,6 @@ def cloud(model_path: str) -> Iterator[ManagedProcess]:
     proc.stop()
 
 
-@pytest.fixture(scope="module")
-def faults() -> Iterator[ManagedProcess]:
-    proc = start_fault_upstream()
-    yield proc
-    proc.stop()
-
 
 def _cloud_backend(cloud: ManagedProcess, name: str = "cloud-llama", tier: str = "cloud") -> str:
     return f"""

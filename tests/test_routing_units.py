@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
 
 import pytest
 
-from hybrid.config import default_config
+from hybrid.answers import RequestContext
+from hybrid.backends import create_backend
+from hybrid.backends.llamacpp import LlamaCppBackend
+from hybrid.config import BackendConfig, Config, RoutingConfig, default_config
 from hybrid.errors import RateLimitError
+from hybrid.gateway import Gateway
 from hybrid.limits import RateLimiter
 from hybrid.protocol import parse_chat_request
 from hybrid.routing.breaker import BreakerState, CircuitBreaker
 from hybrid.routing.features import extract_features
+from hybrid.routing.policy import AutoPolicy
 from hybrid.routing.scoring import HeuristicScorer, load_scorer
-
-if TYPE_CHECKING:
-    from hybrid.routing.policy import AutoPolicy
 
 
 class Clock:
@@ -126,16 +128,11 @@ def test_code_hints_count_fences_indents_semicolons_and_keywords() -> None:
     assert _features("Plan a trip; then tell me where to eat.").code_hints == 0
 
 
-def _policy() -> "AutoPolicy":
-    from hybrid.config import RoutingConfig
-    from hybrid.routing.policy import AutoPolicy
-
+def _policy() -> AutoPolicy:
     return AutoPolicy(RoutingConfig(), HeuristicScorer(), ["local", "cloud"])
 
 
 def test_a_prompt_far_over_the_local_context_is_settled_by_a_sample() -> None:
-    import asyncio
-
     sampled: list[int] = []
 
     def count_text(text: str) -> int:
@@ -153,8 +150,6 @@ def test_a_prompt_far_over_the_local_context_is_settled_by_a_sample() -> None:
 
 
 def test_a_prompt_near_the_bound_is_counted_whole() -> None:
-    import asyncio
-
     counted: list[object] = []
 
     async def count(req: object) -> int:
@@ -191,14 +186,6 @@ def test_embedded_default_adds_cloud_tier_from_environment() -> None:
 def test_a_long_auto_routed_prompt_is_tokenized_once() -> None:
     """The size rule counts the prompt with the local tokenizer; the local backend then generates from those same
     tokens instead of formatting and tokenizing the prompt again."""
-    import asyncio
-
-    from hybrid.answers import RequestContext
-    from hybrid.backends import create_backend
-    from hybrid.backends.llamacpp import LlamaCppBackend
-    from hybrid.config import BackendConfig, Config
-    from hybrid.gateway import Gateway
-
     backend = LlamaCppBackend(BackendConfig(name="cpu", kind="llamacpp", tier="local", model="gemma-3-270m",
                                             context=2048, threads=1))
     cloud = create_backend(BackendConfig(name="cloud", kind="openai", tier="cloud", base_url="http://127.0.0.1:9/v1",
