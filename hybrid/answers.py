@@ -6,6 +6,7 @@ client asked for.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -13,6 +14,13 @@ from hybrid.cache.cache import CacheLookup, replay_chunks
 from hybrid.errors import HybridError, UpstreamError
 from hybrid.protocol import Chunk, InferenceRequest, make_usage, make_usage_chunk
 from hybrid.routing.decision import RouteDecision, Target
+
+log = logging.getLogger("hybrid.answers")
+
+# One answer may hold at most this much: a 128k-token answer is about 130,000 chunks and 600,000 characters, and
+# an upstream that streams without end is cut here instead of growing the router's memory.
+MAX_ANSWER_CHUNKS = 262_144
+MAX_ANSWER_CHARS = 16 * 1024 * 1024
 
 
 @dataclass
@@ -79,6 +87,7 @@ class Answer:
         kept: list[Chunk] | None = [] if self._on_complete is not None else None
         outcome: tuple[bool, HybridError | None] | None = None
         usage_sent = False
+        received = size = 0
         try:
             chunk = self._first
             self._first = None
@@ -96,10 +105,17 @@ class Answer:
                         del chunk["usage"]
                     else:
                         usage_sent = True
+                received += 1
                 for ch in chunk.get("choices") or ():
                     piece = (ch.get("delta") or {}).get("content")
                     if piece:
                         text.append(piece)
+                        size += len(piece)
+                if received > MAX_ANSWER_CHUNKS or size > MAX_ANSWER_CHARS:
+                    raise UpstreamError(
+                        f"Backend '{self.target.backend.name}' sent an answer over the router's bounds "
+                        f"({MAX_ANSWER_CHUNKS} chunks, {MAX_ANSWER_CHARS} characters)."
+                    )
                 if kept is not None:
                     kept.append(chunk)
                 yield chunk
@@ -120,8 +136,10 @@ class Answer:
             outcome = (False, err)
             raise
         except Exception as exc:
-            outcome = (False, UpstreamError(f"Backend '{self.target.backend.name}' failed: {exc}"))
-            raise
+            failure = UpstreamError(f"Backend '{self.target.backend.name}' failed: {type(exc).__name__}")
+            log.exception("backend %s failed mid-answer", self.target.backend.name)
+            outcome = (False, failure)
+            raise failure from exc
         finally:
             aclose = getattr(self._rest, "aclose", None)
             if aclose is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from hybrid.config import Config, ConfigError, load_config
 
@@ -29,12 +30,17 @@ def _serve(args: argparse.Namespace) -> int:
         log.info("%s", note)
     if not cfg.server.api_keys and cfg.server.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("no server.api_keys configured and listening on %s: anyone who reaches it can use it", cfg.server.host)
+    from hybrid.edge import GuardedHttpToolsProtocol, configure
+
+    server = cfg.server
+    configure(server.max_header_bytes, server.header_timeout_s, server.max_connections)
     uvicorn.run(
         create_app(cfg),
         host=cfg.server.host,
         port=cfg.server.port,
         loop="uvloop",
-        http="httptools",
+        http=GuardedHttpToolsProtocol,
+        timeout_keep_alive=server.keepalive_s,  # type: ignore[arg-type]  # uvicorn takes seconds as a float too
         log_level=cfg.server.log_level,
         access_log=False,
         proxy_headers=False,
@@ -51,9 +57,24 @@ def _check_models(cfg: Config) -> None:
     for i, b in enumerate(cfg.backends):
         if b.kind == "llamacpp":
             try:
-                resolve_gguf(b.model)
+                path = resolve_gguf(b.model)
             except ConfigError as exc:
                 raise ConfigError(f"{cfg.source}: backends[{i}].model: {exc}") from None
+            if b.chat_format == "jinja" and not _has_chat_template(path):
+                raise ConfigError(f"{cfg.source}: backends[{i}].chat_format: 'jinja', but {path.name} carries no "
+                                  "chat template (use gemma or chatml)")
+
+
+def _has_chat_template(path: Path) -> bool:
+    from llama_cpp import Llama
+    from llama_cpp._utils import suppress_stdout_stderr
+
+    with suppress_stdout_stderr(disable=False):  # libllama writes its load notes to stderr
+        vocab = Llama(model_path=str(path), vocab_only=True, verbose=False)
+    try:
+        return bool(vocab.metadata.get("tokenizer.chat_template"))
+    finally:
+        vocab.close()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
+import ssl
 import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 BACKEND_KINDS = ("llamacpp", "openai", "vllm")
 BUNDLED_MODEL = "gemma-3-270m"
@@ -32,7 +35,16 @@ class ServerConfig:
     api_keys: list[str] = field(default_factory=list)
     # teams share cache entries: {"support" = ["env:KEY_A", "env:KEY_B"]}; keys listed here need no api_keys entry
     teams: dict[str, list[str]] = field(default_factory=dict)
+    # a secret for the keyed hash that turns an API key into its tenant id (cache scope, limits); "" : a built-in
+    # one. Set it (the same on every replica) so ids in a shared cache cannot be checked against guessed keys.
+    tenant_secret: str = ""
     max_body_bytes: int = 10 * 1024 * 1024
+    max_header_bytes: int = 32 * 1024  # request line + headers; over it: 431
+    header_timeout_s: float = 10.0  # from a request's first byte to the end of its head; past it: 408
+    max_connections: int = 1024  # open client connections; at the cap a stalled head is evicted, else 503
+    keepalive_s: float = 5.0  # idle time before a keep-alive connection is closed
+    # who may read /ready and /metrics when api_keys are set: "keyed" (any API key) or "public"
+    status_access: str = "keyed"
     log_level: str = "info"
 
 
@@ -56,6 +68,9 @@ class BackendConfig:
     connect_timeout_s: float = 5.0
     first_byte_timeout_s: float = 60.0
     total_timeout_s: float = 600.0
+    read_timeout_s: float = 120.0  # longest silence between two pieces of an answer, once it has begun
+    max_connections: int = 256  # open connections to this upstream; more requests wait for one
+    max_answer_bytes: int = 32 * 1024 * 1024  # a whole (non-streamed) answer body from the upstream
     ca_file: str = ""  # PEM bundle trusted for this https upstream, besides the system's CAs
     proxy: str = ""  # "": from HTTPS_PROXY/HTTP_PROXY/ALL_PROXY/NO_PROXY; "none": direct; or http://[user:pw@]host:port
     max_concurrency: int = 0  # 0: no limit
@@ -191,6 +206,8 @@ def parse_config(raw: dict[str, Any]) -> Config:
             raise ConfigError(f"{key}: unknown section (known: {', '.join(sorted(known))})")
     server = _build(ServerConfig, raw.get("server", {}), "server")
     server.api_keys = [_resolve_key(v, f"server.api_keys[{i}]") for i, v in enumerate(server.api_keys)]
+    if server.tenant_secret:
+        server.tenant_secret = _resolve_key(server.tenant_secret, "server.tenant_secret")
     server.teams = {
         team: [_resolve_key(v, f"server.teams.{team}[{i}]") for i, v in enumerate(keys)]
         for team, keys in server.teams.items()
@@ -199,8 +216,16 @@ def parse_config(raw: dict[str, Any]) -> Config:
         server.api_keys.extend(k for k in keys if k not in server.api_keys)
     if not 0 <= server.port <= 65535:
         raise ConfigError(f"server.port: must be between 0 and 65535 (got {server.port})")
-    if server.max_body_bytes <= 0:
-        raise ConfigError("server.max_body_bytes: must be positive")
+    for name in ("max_body_bytes", "max_header_bytes", "max_connections"):
+        if getattr(server, name) <= 0:
+            raise ConfigError(f"server.{name}: must be positive")
+    for name in ("header_timeout_s", "keepalive_s"):
+        if getattr(server, name) <= 0:
+            raise ConfigError(f"server.{name}: must be > 0")
+    if server.status_access not in ("keyed", "public"):
+        raise ConfigError(f"server.status_access: must be 'keyed' or 'public' (got {server.status_access!r})")
+    if server.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
+        raise ConfigError(f"server.log_level: must be one of debug, info, warning, error (got {server.log_level!r})")
 
     raw_backends = raw.get("backends", [])
     if not isinstance(raw_backends, list):
@@ -224,6 +249,7 @@ def parse_config(raw: dict[str, Any]) -> Config:
         raise ConfigError("routing.failure_threshold: must be >= 1")
     if routing.cooldown_s <= 0:
         raise ConfigError("routing.cooldown_s: must be > 0")
+    _check_scorer(routing.scorer)
     tiers = {b.tier for b in backends}
     for i, t in enumerate(routing.fallbacks):
         if t not in tiers and t not in ("local", "cloud"):
@@ -240,14 +266,56 @@ def parse_config(raw: dict[str, Any]) -> Config:
         raise ConfigError("cache.similarity_threshold: must be in (0, 1]")
     if cache.ttl_s < 0 or cache.max_entries < 1:
         raise ConfigError("cache: ttl_s must be >= 0 and max_entries >= 1")
+    if cache.path:
+        _check_writable_file(cache.path, "cache.path")
     if cache.embedder != "local" and cache.embedder not in names:
         raise ConfigError(f"cache.embedder: 'local' or a backend name (got {cache.embedder!r})")
     return Config(server=server, backends=backends, routing=routing, limits=limits, cache=cache)
 
 
+_NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+CHAT_FORMATS = ("", "gemma", "chatml", "jinja")
+
+
+def _check_scorer(spec: str) -> None:
+    from hybrid.routing.scoring import load_scorer
+
+    try:
+        load_scorer(spec)
+    except Exception as exc:  # a bad spec, a missing module or attribute, a scorer that fails to build
+        raise ConfigError(f"routing.scorer: cannot load {spec!r}: {exc}") from None
+
+
+def _check_url(url: str, path: str) -> None:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  # raises on a port that is not a number
+    except ValueError as exc:
+        raise ConfigError(f"{path}: not a valid URL ({exc}): {url!r}") from None
+    if not parts.hostname:
+        raise ConfigError(f"{path}: the URL has no host: {url!r}")
+
+
+def _check_writable_file(value: str, path: str) -> None:
+    p = Path(value).expanduser()
+    if p.is_dir():
+        raise ConfigError(f"{path}: {value} is a folder, not a file")
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{path}: cannot create or write {value} (no writable folder {parent})")
+
+
 def _check_backend(b: BackendConfig, path: str) -> None:
     if not b.name:
         raise ConfigError(f"{path}.name: required")
+    if not _NAME_OK.match(b.name):
+        raise ConfigError(f"{path}.name: letters, digits, '.', '_' and '-' only, at most 64 (got {b.name!r})")
+    if not _NAME_OK.match(b.tier):
+        raise ConfigError(f"{path}.tier: letters, digits, '.', '_' and '-' only, at most 64 (got {b.tier!r})")
+    if b.chat_format not in CHAT_FORMATS:
+        raise ConfigError(f"{path}.chat_format: must be one of gemma, chatml, jinja or empty (got {b.chat_format!r})")
     if b.kind not in BACKEND_KINDS:
         raise ConfigError(f"{path}.kind: must be one of {', '.join(BACKEND_KINDS)} (got {b.kind!r})")
     if not b.tier:
@@ -277,13 +345,24 @@ def _check_backend(b: BackendConfig, path: str) -> None:
             raise ConfigError(f"{path}.tensor_parallel: must be >= 1")
     if b.base_url and not b.base_url.startswith(("http://", "https://")):
         raise ConfigError(f"{path}.base_url: must start with http:// or https:// (got {b.base_url!r})")
+    if b.base_url:
+        _check_url(b.base_url, f"{path}.base_url")
     if b.proxy not in ("", "none") and not b.proxy.startswith("http://"):
         raise ConfigError(f"{path}.proxy: '' (from the environment), 'none', or an http:// URL (got {b.proxy!r})")
-    if b.ca_file and not os.path.isfile(os.path.expanduser(b.ca_file)):
-        raise ConfigError(f"{path}.ca_file: no such file: {b.ca_file}")
+    if b.proxy not in ("", "none"):
+        _check_url(b.proxy, f"{path}.proxy")
+    if b.ca_file:
+        ca = os.path.expanduser(b.ca_file)
+        if not os.path.isfile(ca):
+            raise ConfigError(f"{path}.ca_file: no such file: {b.ca_file}")
+        try:
+            ssl.create_default_context().load_verify_locations(ca)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raise ConfigError(f"{path}.ca_file: not a PEM bundle of certificates ({exc}): {b.ca_file}") from None
     if b.context < 0:
         raise ConfigError(f"{path}.context: must be >= 0")
-    for name in ("connect_timeout_s", "first_byte_timeout_s", "total_timeout_s"):
+    for name in ("connect_timeout_s", "first_byte_timeout_s", "total_timeout_s", "read_timeout_s",
+                 "max_connections", "max_answer_bytes"):
         if getattr(b, name) <= 0:
             raise ConfigError(f"{path}.{name}: must be > 0")
 

@@ -59,8 +59,8 @@ class Gateway:
             b.on_models_changed = self.resolver.refresh_models
             try:
                 await b.start()
-            except Exception:
-                log.exception("backend %s failed to start", b.name)
+            except Exception as exc:
+                log.error("backend %s failed to start: %s", b.name, exc)
                 raise
         self.resolver.refresh_models()
         self._tokenizer = next((b for b in self.backends if b.kind == "llamacpp"), None)
@@ -133,12 +133,14 @@ class Gateway:
         """Look up the cache; else admit, route and dispatch, returning with the first chunk in hand."""
         lookup: CacheLookup | None = None
         if self.cache is not None:
-            lookup = await self.cache.lookup(req, ctx.tenant, ctx.cache_control, ctx.headers.get("x-hybrid-cache-namespace"))
+            lookup = await self.cache.lookup(req, ctx.tenant, ctx.cache_control, ctx.headers.get("x-hybrid-cache-namespace"),
+                                             ctx.headers.get("x-hybrid-tier", ""))
             if lookup.hit:
                 return CachedAnswer(req, ctx, lookup, self.cache.store.name)
         charged = 0
         if self.limiter.enabled:
-            est = len(req.text()) // 4 + (req.max_tokens or DEFAULT_OUTPUT_ESTIMATE)
+            # every choice is generated: n of them cost n times the output
+            est = len(req.text()) // 4 + (req.max_tokens or DEFAULT_OUTPUT_ESTIMATE) * req.n
             charged = self.limiter.admit(ctx.tenant, est)
         decision = await self.route(req, ctx)
         decision.charged_tokens = charged

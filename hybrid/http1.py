@@ -42,7 +42,10 @@ from hybrid.metrics import METRICS
 USER_AGENT = "hybrid/0.1"
 _PAUSE_AT = 1 << 20  # buffered body bytes at which reading stops while a body is streamed...
 _RESUME_AT = 1 << 18  # ...and below which it starts again
-_MAX_WHOLE_BODY = 256 << 20  # read() refuses bodies larger than this
+MAX_HEAD_BYTES = 64 * 1024  # status line + headers of one answer (h11: 100 KiB; aiohttp: 8 KiB a line)
+MAX_HEADERS = 128  # header lines in one answer (aiohttp: 128 by default)
+MAX_DECODED_BYTES = 64 << 20  # a compressed body may inflate to at most this (a gzip bomb stops here)
+MAX_BODY_BYTES = 32 << 20  # read() refuses a whole body larger than this (or its own limit)
 
 
 class HTTPClientError(Exception):
@@ -65,6 +68,10 @@ class RequestTimeout(HTTPClientError, TimeoutError):
     """The whole-request deadline passed."""
 
 
+class ReadTimeout(RequestTimeout):
+    """The server sent nothing for longer than the read timeout (between two pieces of its answer)."""
+
+
 class Response:
     """One answer: ``status`` and ``headers`` (lower-case names) as soon as the head has arrived; the body by
     :meth:`read` or :meth:`iter_chunks`. Always :meth:`release` it (``async with`` does): a completed answer
@@ -73,6 +80,7 @@ class Response:
     __slots__ = (
         "status", "headers", "_conn", "_loop", "_chunks", "_buffered", "_head_done", "complete", "_error",
         "_waiter", "_received", "_decoder", "_streaming", "_paused", "_released", "_timer", "_keep_alive",
+        "_decoded", "_last_data", "_read_timeout", "_read_timer",
     )
 
     def __init__(self, conn: _Connection, loop: asyncio.AbstractEventLoop) -> None:
@@ -93,6 +101,10 @@ class Response:
         self._released = False
         self._timer: asyncio.TimerHandle | None = None
         self._keep_alive = False  # the server's word, read with the head (httptools forgets it by the end)
+        self._decoded = 0  # bytes a compressed body has inflated to so far
+        self._last_data = 0.0  # loop time of the last bytes received
+        self._read_timeout: float | None = None  # longest silence allowed between pieces of the answer
+        self._read_timer: asyncio.TimerHandle | None = None
 
     @property
     def content_type(self) -> str:
@@ -114,15 +126,21 @@ class Response:
     async def _wait_head(self) -> None:
         while not self._head_done:
             await self._wait()
+        if self._error is not None:
+            raise self._error
 
-    async def read(self) -> bytes:
-        """The whole body; the connection goes back to the pool."""
+    async def read(self, limit: int = MAX_BODY_BYTES, truncate: bool = False) -> bytes:
+        """The whole body; the connection goes back to the pool. A body over ``limit`` bytes raises
+        :class:`ProtocolError`, or with ``truncate`` its first ``limit`` bytes are returned (an error answer's
+        message is enough) and the connection is closed."""
         while not self.complete:
             if self._error is not None:
                 raise self._error
-            if self._buffered > _MAX_WHOLE_BODY:
+            if self._buffered > limit:
                 self.release()
-                raise ProtocolError(f"answer body over {_MAX_WHOLE_BODY} bytes")
+                if truncate:
+                    return b"".join(self._chunks)[:limit]
+                raise ProtocolError(f"answer body over {limit} bytes")
             await self._wait()
         body = b"".join(self._chunks)
         self._chunks.clear()
@@ -152,8 +170,7 @@ class Response:
         if self._released:
             return
         self._released = True
-        if self._timer is not None:
-            self._timer.cancel()
+        self._stop_timers()
         self._conn.done(self, reusable=self.complete and self._error is None)
 
     async def __aenter__(self) -> Response:
@@ -171,10 +188,15 @@ class Response:
 
     def _feed(self, data: bytes) -> None:
         if self._decoder is not None:
+            left = MAX_DECODED_BYTES - self._decoded
             try:
-                data = self._decoder.decompress(data)
+                data = self._decoder.decompress(data, left + 1)  # never inflates past the cap in memory
             except zlib.error as exc:
                 self._fail(ProtocolError(f"cannot decode the compressed body: {exc}"))
+                return
+            self._decoded += len(data)
+            if len(data) > left:
+                self._fail(ProtocolError(f"the compressed body inflates to over {MAX_DECODED_BYTES} bytes"))
                 return
             if not data:
                 return
@@ -187,14 +209,41 @@ class Response:
 
     def _finish(self) -> None:
         if self._decoder is not None:
-            tail = self._decoder.flush()
+            tail = self._decoder.flush(max(1, MAX_DECODED_BYTES - self._decoded + 1))
+            self._decoded += len(tail)
+            if self._decoded > MAX_DECODED_BYTES:
+                self._fail(ProtocolError(f"the compressed body inflates to over {MAX_DECODED_BYTES} bytes"))
+                return
             if tail:
                 self._chunks.append(tail)
                 self._buffered += len(tail)
         self.complete = True
+        self._stop_timers()
+        self._wake()
+
+    def _stop_timers(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self._wake()
+            self._timer = None
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
+
+    def _arm_read_timer(self) -> None:
+        """Check for silence every ``read_timeout`` seconds (one timer, not one per piece received)."""
+        assert self._read_timeout is not None
+        self._read_timer = self._loop.call_at(self._last_data + self._read_timeout, self._check_silence)
+
+    def _check_silence(self) -> None:
+        self._read_timer = None
+        if self.complete or self._error is not None or self._released:
+            return
+        if self._paused or self._loop.time() - self._last_data < self._read_timeout:  # type: ignore[operator]
+            if self._paused:  # our consumer is slow, not the server: silence from then on does not count
+                self._last_data = self._loop.time()
+            self._arm_read_timer()
+            return
+        self._fail(ReadTimeout(f"the server sent nothing for {self._read_timeout:g}s"))
 
     def _fail(self, exc: BaseException) -> None:
         if self._error is None and not self.complete:
@@ -216,7 +265,9 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self.resp: Response | None = None
-        self._header_name = b""
+        self._head_bytes = 0  # bytes of the current answer's head so far
+        self._head_tail = b""
+        self._headers = 0
 
     # ---------------------------------------------------------------- asyncio.Protocol
 
@@ -229,6 +280,17 @@ class _Connection(asyncio.Protocol):
             self.abort()
             return
         resp._received = True
+        if resp._read_timeout is not None:
+            resp._last_data = resp._loop.time()
+        if not resp._head_done:
+            total = self._head_bytes + len(data)
+            if total > MAX_HEAD_BYTES:
+                end = (self._head_tail + data).find(b"\r\n\r\n")
+                if end < 0 or self._head_bytes - len(self._head_tail) + end + 4 > MAX_HEAD_BYTES:
+                    resp._fail(ProtocolError(f"the answer's head is over {MAX_HEAD_BYTES} bytes"))
+                    return
+            self._head_bytes = total
+            self._head_tail = data[-3:]
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -256,6 +318,10 @@ class _Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         assert self.resp is not None
+        self._headers += 1
+        if self._headers > MAX_HEADERS:
+            self.resp._fail(ProtocolError(f"the answer has over {MAX_HEADERS} header lines"))
+            return
         key = name.decode("latin-1").lower()
         headers = self.resp.headers
         text = value.decode("latin-1")
@@ -264,9 +330,12 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         resp = self.resp
         assert resp is not None
+        if resp._error is not None:  # refused while reading the head: nothing of it counts
+            return
         status = self.parser.get_status_code()
         if status < 200:  # 1xx interim answers (we never send Expect): wait for the real one
             resp.headers = {}
+            self._headers = 0
             return
         resp.status = status
         resp._keep_alive = self.parser.should_keep_alive()
@@ -279,6 +348,9 @@ class _Connection(asyncio.Protocol):
             resp._fail(ProtocolError(f"unsupported content-encoding '{encoding}'"))
             return
         resp._head_done = True
+        if resp._read_timeout is not None:
+            resp._last_data = resp._loop.time()
+            resp._arm_read_timer()
         resp._wake()
 
     def on_body(self, body: bytes) -> None:
@@ -287,7 +359,7 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         resp = self.resp
-        if resp is not None and resp._head_done:
+        if resp is not None and resp._head_done and resp._error is None:
             resp._finish()
 
     # ---------------------------------------------------------------- pool side
@@ -297,11 +369,15 @@ class _Connection(asyncio.Protocol):
         h = resp.headers
         return "content-length" not in h and "chunked" not in h.get("transfer-encoding", "").lower()
 
-    def send(self, data: bytes, deadline: float | None) -> Response:
+    def send(self, data: bytes, deadline: float | None, read_timeout: float | None) -> Response:
         loop = self.pool.loop
         resp = self.resp = Response(self, loop)
+        self._head_bytes = 0
+        self._head_tail = b""
+        self._headers = 0
         if deadline is not None:
             resp._timer = loop.call_at(deadline, resp._expire)
+        resp._read_timeout = read_timeout  # armed once the head is in: the first byte has its own timeout
         assert self.transport is not None
         self.transport.write(data)
         return resp
@@ -351,9 +427,13 @@ class Pool:
         ssl_context: ssl.SSLContext | None = None,
         name: str = "",
         proxy: str | None = None,
+        max_connections: int = 256,
+        read_timeout_s: float | None = None,
     ) -> None:
         """``name`` labels the pool's connection counter on /metrics (the backend's name); ``proxy`` is an
-        ``http://[user:password@]host:port`` URL to go through, or ``None`` to connect directly."""
+        ``http://[user:password@]host:port`` URL to go through, or ``None`` to connect directly;
+        ``max_connections``: open connections at most (more requests wait for one); ``read_timeout_s``: the
+        longest silence allowed between two pieces of an answer, once its head is in."""
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {base_url!r}")
@@ -388,6 +468,10 @@ class Pool:
         self.connect_timeout_s = connect_timeout_s
         self.keepalive_s = keepalive_s
         self.max_idle = max_idle
+        self.max_connections = max_connections
+        self.read_timeout_s = read_timeout_s
+        self._slot_waiters: deque[asyncio.Future[None]] = deque()
+        self._opening = 0  # connections being made (they count against max_connections)
         self._idle: list[_Connection] = []
         self._live: set[_Connection] = set()
         self.name = name or base_url
@@ -419,18 +503,22 @@ class Pool:
             head += b"Content-Length: %d\r\n" % len(body)
         data = head + b"\r\n" + body
         deadline = self.loop.time() + timeout_s if timeout_s is not None else None
+        # Only an idempotent request is sent again when a reused connection turns out closed with no answer: the
+        # server may have read and acted on the first copy (a POST would bill a completion twice). A connection
+        # seen closed before the request was written is skipped for any method: that one provably never left.
+        resend = method in ("GET", "HEAD", "OPTIONS")
         for attempt in (1, 2):
             conn = self._take_idle() if attempt == 1 else None
             if conn is None:
-                conn = await self._connect(deadline)
-            resp = conn.send(data, deadline)
+                conn = await self._connect_within_cap(deadline)
+            resp = conn.send(data, deadline, self.read_timeout_s)
             try:
                 await resp._wait_head()
                 return resp
             except ConnectionClosed:
                 resp.release()
-                if attempt == 1 and conn.idle_since and not resp._received:
-                    continue  # a reused connection the server had already closed: it never read the request
+                if resend and attempt == 1 and conn.idle_since and not resp._received:
+                    continue  # a reused connection the server had already closed: it never answered
                 raise
             except BaseException:
                 resp.release()
@@ -456,6 +544,40 @@ class Pool:
         self._live.clear()
 
     # ---------------------------------------------------------------- connections
+
+    async def _connect_within_cap(self, deadline: float | None) -> _Connection:
+        """A new connection once the pool is under ``max_connections`` (waiting for one to close or come back
+        idle, until the deadline)."""
+        while len(self._live) + self._opening >= self.max_connections:
+            idle = self._take_idle()
+            if idle is not None:
+                return idle
+            waiter = self.loop.create_future()
+            self._slot_waiters.append(waiter)
+            try:
+                timeout = None if deadline is None else max(0.0, deadline - self.loop.time())
+                async with asyncio.timeout(timeout):
+                    await waiter
+            except TimeoutError:
+                raise RequestTimeout(
+                    f"no connection to {self.host}:{self.port} came free ({self.max_connections} in use)"
+                ) from None
+            finally:
+                if waiter in self._slot_waiters:
+                    self._slot_waiters.remove(waiter)
+        self._opening += 1
+        try:
+            return await self._connect(deadline)
+        finally:
+            self._opening -= 1
+            self._slot_freed()  # a failed connect frees its place; a made one is in _live now
+
+    def _slot_freed(self) -> None:
+        while self._slot_waiters:
+            waiter = self._slot_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
     async def _connect(self, deadline: float | None) -> _Connection:
         loop = self.loop
@@ -529,9 +651,11 @@ class Pool:
         idle.append(conn)
         while idle and (len(idle) > self.max_idle or idle[0].closed or idle[0].idle_since < now - self.keepalive_s):
             idle.pop(0).abort()
+        self._slot_freed()
 
     def _forget(self, conn: _Connection) -> None:
         self._live.discard(conn)
+        self._slot_freed()
 
 
 class _TunnelHead(asyncio.Protocol):

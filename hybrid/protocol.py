@@ -76,6 +76,9 @@ def content_text(content: Any) -> str:
 # --------------------------------------------------------------------------------------------- parsing
 
 
+MAX_JSON_DEPTH = 64  # nesting a request may have: orjson writes at most 254 levels, and nothing real needs 10
+
+
 def parse_json_body(raw: bytes) -> dict[str, Any]:
     try:
         body = orjson.loads(raw)
@@ -83,7 +86,30 @@ def parse_json_body(raw: bytes) -> dict[str, Any]:
         raise InvalidRequestError(f"We could not parse the JSON body of your request: {exc}") from None
     if not isinstance(body, dict):
         raise InvalidRequestError("The request body must be a JSON object.")
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH:  # only then can it be that deep: walk it
+        for name, value in body.items():
+            if _too_deep(value, MAX_JSON_DEPTH - 1):
+                raise InvalidRequestError(
+                    f"'{name}' is nested more than {MAX_JSON_DEPTH} levels deep.", param=str(name)
+                )
     return body
+
+
+def _too_deep(value: Any, budget: int) -> bool:
+    """Whether ``value`` nests containers deeper than ``budget`` levels (iteratively: no recursion limit)."""
+    stack: list[tuple[Any, int]] = [(value, budget)]
+    while stack:
+        item, left = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if left <= 0:
+            return True
+        stack.extend((c, left - 1) for c in children if isinstance(c, (dict, list)))
+    return False
 
 
 def parse_chat_request(body: dict[str, Any]) -> InferenceRequest:
@@ -160,7 +186,7 @@ def _check_message(msg: Any, i: int) -> None:
     role = msg.get("role")
     if role is None:
         raise InvalidRequestError(f"Missing required parameter: '{param}.role'.", param=f"{param}.role")
-    if role not in ROLES:
+    if not isinstance(role, str) or role not in ROLES:
         raise InvalidRequestError(
             f"Invalid value for '{param}.role': {role!r}. Supported values are: "
             "'system', 'developer', 'user', 'assistant', 'tool' and 'function'.",
@@ -298,6 +324,50 @@ def make_usage_chunk(request_id: str, model: str, usage: dict[str, Any], created
         "choices": [],
         "usage": usage,
     }
+
+
+def chunk_problem(chunk: Any) -> str | None:
+    """What is wrong with an upstream's chunk (or whole answer), in words; ``None`` when the router can read it.
+
+    Only what the router reads is checked: ``choices`` a list of objects with an integer ``index``, a ``delta``
+    or ``message`` object whose ``content`` is a string or null, a string or null ``finish_reason``, ``text`` for
+    legacy completions, and a ``usage`` object of integers."""
+    if not isinstance(chunk, dict):
+        return "not an object"
+    choices = chunk.get("choices")
+    if choices is not None and not isinstance(choices, list):
+        return "'choices' is not an array"
+    for ch in choices or ():
+        if not isinstance(ch, dict):
+            return "a choice is not an object"
+        if not isinstance(ch.get("index", 0), int):
+            return "a choice's 'index' is not an integer"
+        finish = ch.get("finish_reason")
+        if finish is not None and not isinstance(finish, str):
+            return "a choice's 'finish_reason' is not a string"
+        if "text" in ch and ch["text"] is not None and not isinstance(ch["text"], str):
+            return "a choice's 'text' is not a string"
+        for part in ("delta", "message"):
+            inner = ch.get(part)
+            if inner is None:
+                continue
+            if not isinstance(inner, dict):
+                return f"a choice's '{part}' is not an object"
+            if inner.get("content") is not None and not isinstance(inner["content"], str):
+                return f"a choice's '{part}.content' is not a string"
+            calls = inner.get("tool_calls")
+            if calls is not None and not (
+                isinstance(calls, list)
+                and all(isinstance(c, dict) and isinstance(c.get("function", {}), dict) for c in calls)
+            ):
+                return f"a choice's '{part}.tool_calls' is not an array of objects"
+    usage = chunk.get("usage")
+    if usage is not None and not (
+        isinstance(usage, dict)
+        and all(isinstance(usage.get(k, 0), int) for k in ("prompt_tokens", "completion_tokens", "total_tokens"))
+    ):
+        return "'usage' is not an object of token counts"
+    return None
 
 
 def is_usage_chunk(chunk: Chunk) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import hashlib
 import hmac
 import logging
 import os
@@ -54,7 +55,7 @@ log = logging.getLogger("hybrid.server")
 
 T = TypeVar("T")
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics"})
+_STATUS_PATHS = frozenset({"/ready", "/metrics"})  # keyed unless server.status_access = "public"
 
 
 class JSONResponse:
@@ -83,20 +84,35 @@ AnyResponse = Response | JSONResponse
 Handler = Callable[[Request], Awaitable[AnyResponse]]
 
 
+def key_id(api_key: str, secret: str = "") -> str:
+    """A key's stable id (tenant of its cache entries and limits, in logs): a keyed hash, never the key or its
+    position in the config. ``secret`` (``server.tenant_secret``) makes the ids unguessable from a guessed key."""
+    digest = hmac.new(("hybrid-tenant\x00" + secret).encode(), api_key.encode(), hashlib.sha256).hexdigest()
+    return "key:" + digest[:20]
+
+
 class RequestMiddleware:
     """Pure ASGI: a request id on every response, bearer-token auth for the API paths, and a direct path to the
     inference handlers (the hot path skips Starlette's router and its two exception middlewares, mapping errors
     itself); everything else goes through the Starlette app."""
 
     def __init__(
-        self, app: ASGIApp, api_keys: list[str], hot: dict[tuple[str, str], Handler], teams: dict[str, list[str]]
+        self,
+        app: ASGIApp,
+        api_keys: list[str],
+        hot: dict[tuple[str, str], Handler],
+        teams: dict[str, list[str]],
+        tenant_secret: str = "",
+        status_public: bool = False,
     ) -> None:
         self.app = app
+        self.public = frozenset({"/health"} | (_STATUS_PATHS if status_public else set()))
         self.api_keys = [k.encode() for k in api_keys]
         self.hot = hot
-        # the tenant of each key (1-based, as _authorized answers): its team, else the key's position
+        # the tenant of each key (1-based, as _authorized answers): its team, else a keyed hash of the key itself,
+        # so that adding, removing or reordering keys never hands one tenant's cache entries to another
         team_of = {k: team for team, keys in teams.items() for k in keys}
-        self.tenants = [""] + [f"team:{team_of[k]}" if k in team_of else f"key{i}" for i, k in enumerate(api_keys, 1)]
+        self.tenants = [""] + [f"team:{team_of[k]}" if k in team_of else key_id(k, tenant_secret) for k in api_keys]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -123,7 +139,7 @@ class RequestMiddleware:
             await send(message)
 
         key_index = self._authorized(auth) if self.api_keys else 0
-        if self.api_keys and scope["path"] not in _PUBLIC_PATHS and not key_index:
+        if self.api_keys and scope["path"] not in self.public and not key_index:
             err = AuthenticationError(
                 "Incorrect API key provided." if auth else "You didn't provide an API key. Send it as 'Authorization: Bearer KEY'."
             )
@@ -144,6 +160,9 @@ class RequestMiddleware:
             response = await handler(Request(scope, receive))
         except HybridError as err:
             response = error_response(err)
+        except ClientDisconnect:  # the client left before its answer: nobody to answer, nothing to log
+            log.debug("request %s: the client disconnected", rid)
+            return
         except Exception as exc:
             response = await _on_crash(Request(scope, receive), exc)
         await response(scope, receive, send_with_id)
@@ -223,7 +242,9 @@ class HybridApp:
     async def _respond(self, request: Request, req: InferenceRequest) -> AnyResponse:
         ctx = self._context(request)
         if req.stream:
-            answer = await self.gateway.handle(req, ctx)
+            # a client that leaves while its request waits (in a local queue, for a slow first token) frees its
+            # place at once, not when the first token arrives
+            answer = await _unless_disconnected(self.gateway.handle(req, ctx), request)
             return StreamingResponse(
                 _sse(answer), media_type="text/event-stream", headers=answer.headers | {"cache-control": "no-cache"}
             )
@@ -291,7 +312,9 @@ class HybridApp:
             exception_handlers={HybridError: _on_hybrid_error, HTTPException: _on_http_error, Exception: _on_crash},
         )
         hot = {("POST", "/v1/chat/completions"): self.chat_completions, ("POST", "/v1/completions"): self.completions}
-        return RequestMiddleware(app, self.config.server.api_keys, hot, self.config.server.teams)
+        server = self.config.server
+        return RequestMiddleware(app, server.api_keys, hot, server.teams, server.tenant_secret,
+                                 status_public=server.status_access == "public")
 
 
 _WATCH_AFTER_S = 0.02
@@ -322,6 +345,11 @@ async def _unless_disconnected(work: Coroutine[Any, Any, T], request: Request) -
     timer = loop.call_later(_WATCH_AFTER_S, start_watching)
     try:
         return await work
+    except asyncio.CancelledError:
+        if watcher is not None and watcher.done() and not watcher.cancelled():
+            task.uncancel()  # our own cancel, for a client that left: not the server shutting down
+            raise ClientDisconnect() from None
+        raise
     finally:
         timer.cancel()
         if watcher is not None:

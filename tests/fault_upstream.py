@@ -11,6 +11,16 @@ What a healthy server never does: ``/{mode}/v1/chat/completions`` (and ``/comple
 - ``json``: a whole JSON answer (with usage) even when asked to stream, as some OpenAI-compatible servers do
 - ``ctl``: whatever ``POST /control {"mode": ...}`` last set
 
+Hostile modes (what a compromised or broken upstream could send):
+
+- ``auth401``: a 401 whose message echoes part of the router's key
+- ``bigheaders``: a valid answer behind 4 MiB of header lines
+- ``endlessline``: an SSE stream whose first line never ends
+- ``gzipbomb``: a gzip body that inflates to 1 GiB
+- ``bigerror``: a 500 with a 1 GiB body, its bytes sent counted
+- ``endless``: an SSE stream of valid events that never ends, as fast as the client reads it; ``GET /stats``
+  counts the ones still running under ``endless-running``
+
 ``GET /stats`` counts requests per mode; ``POST /control {"reset": true}`` clears the counts.
 
     python -m tests.fault_upstream --port P [--certfile chain.pem --keyfile key.pem]
@@ -22,6 +32,7 @@ import argparse
 import asyncio
 import json
 import time
+import zlib
 from collections import Counter
 from collections.abc import AsyncIterator
 
@@ -33,6 +44,45 @@ from starlette.routing import Route
 
 STATE: dict[str, object] = {"mode": "500"}
 COUNTS: Counter[str] = Counter()
+_BOMB: list[bytes] = []
+
+
+def _gzip_bomb() -> bytes:
+    """1 GiB of zeros, gzipped (about 1 MB); made once."""
+    if not _BOMB:
+        c = zlib.compressobj(9, zlib.DEFLATED, 31)
+        zeros = b"\0" * (1 << 20)
+        _BOMB.append(b"".join([c.compress(zeros) for _ in range(1024)] + [c.flush()]))
+    return _BOMB[0]
+
+
+async def _endless(legacy: bool) -> AsyncIterator[bytes]:
+    COUNTS["endless-running"] += 1
+    try:
+        i = 0
+        while True:
+            yield b"data: " + json.dumps(_chunk(i, "x", None, legacy)).encode() + b"\n\n"
+            i += 1
+            if i % 64 == 0:
+                await asyncio.sleep(0)
+    finally:
+        COUNTS["endless-running"] -= 1
+
+
+async def _big_error() -> AsyncIterator[bytes]:
+    """1 GiB of error text, counted as it is sent (``bigerror-bytes`` in /stats)."""
+    piece = b"x" * (1 << 20)
+    for _ in range(1024):
+        COUNTS["bigerror-bytes"] += len(piece)
+        yield piece
+        await asyncio.sleep(0)  # where the client's leaving is noticed
+
+
+async def _endless_line() -> AsyncIterator[bytes]:
+    yield b"data: {"
+    while True:
+        yield b"a" * 65536
+        await asyncio.sleep(0)
 WORDS = ["Hello", " from", " the", " fault", " upstream", "."]
 
 
@@ -87,6 +137,20 @@ async def complete(request: Request) -> Response:
                              "type": "BadRequestError", "param": None, "code": 400}, status_code=400)
     if mode == "badjson":
         return Response(b"{this is not json", media_type="application/json")
+    if mode == "auth401":
+        return JSONResponse({"error": {"message": "Incorrect API key provided: sk-live-****SECRETTAIL.",
+                                       "type": "invalid_request_error", "code": "invalid_api_key"}}, status_code=401)
+    if mode == "bigheaders":
+        headers = {f"x-junk-{i}": "j" * 4000 for i in range(1024)}
+        return JSONResponse(_whole(legacy), headers=headers)
+    if mode == "endlessline":
+        return StreamingResponse(_endless_line(), media_type="text/event-stream")
+    if mode == "gzipbomb":
+        return Response(_gzip_bomb(), media_type="application/json", headers={"content-encoding": "gzip"})
+    if mode == "bigerror":
+        return StreamingResponse(_big_error(), status_code=500, media_type="text/plain")
+    if mode == "endless":
+        return StreamingResponse(_endless(legacy), media_type="text/event-stream")
     if mode == "slow":
         await asyncio.sleep(3)
     if not stream or mode == "json":

@@ -27,9 +27,17 @@ class ManagedProcess:
     """A child process that serves HTTP; started, waited for, and always reaped."""
 
     def __init__(
-        self, args: list[str], url: str, ready_path: str, env: dict[str, str] | None = None, ca_file: str | None = None
+        self,
+        args: list[str],
+        url: str,
+        ready_path: str,
+        env: dict[str, str] | None = None,
+        ca_file: str | None = None,
+        key: str | None = None,
     ) -> None:
         self.args = args
+        # sent with the readiness poll and get(): a router with api_keys keys /ready and /metrics too
+        self.headers = {"authorization": f"Bearer {key}"} if key else {}
         self.verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_file) if ca_file else True
         self.url = url
         self.ready_path = ready_path
@@ -49,13 +57,17 @@ class ManagedProcess:
                 if not self.ready_path:  # not an HTTP server of its own (a proxy): listening is ready
                     with socket.create_connection((self.url.split("//")[1].split(":")[0], int(self.url.rsplit(":", 1)[1])), 1):
                         return self
-                if httpx.get(self.url + self.ready_path, timeout=2, verify=self.verify).status_code == 200:
+                if self.get(self.ready_path, timeout=2).status_code == 200:
                     return self
             except (httpx.HTTPError, OSError):
                 pass
             time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"{self.args} not ready after {timeout}s:\n{self.output()}")
+
+    def get(self, path: str, **kwargs: object) -> httpx.Response:
+        """GET ``path`` with this process's key, if it has one."""
+        return httpx.get(self.url + path, headers=self.headers, verify=self.verify, **kwargs)  # type: ignore[arg-type]
 
     def output(self) -> str:
         return Path(self.log.name).read_text(errors="replace")
@@ -72,17 +84,22 @@ class ManagedProcess:
 
 
 def start_router(
-    config_toml: str, tmp_path: Path, env: dict[str, str] | None = None, prefix: list[str] | None = None
+    config_toml: str,
+    tmp_path: Path,
+    env: dict[str, str] | None = None,
+    prefix: list[str] | None = None,
+    key: str | None = None,
 ) -> ManagedProcess:
     """A router on a free port; its cache (unless the config names another place) lives in ``tmp_path``.
-    ``prefix`` runs it under another command (benchmarks pin it to a core with ``taskset``)."""
+    ``prefix`` runs it under another command (benchmarks pin it to a core with ``taskset``); ``key``: an API key
+    of its config, for /ready and /metrics."""
     port = free_port()
     cfg = tmp_path / f"hybrid-{port}.toml"
     cfg.write_text(config_toml)
     args = [*(prefix or []), sys.executable, "-m", "hybrid", "serve", "--config", str(cfg), "--port", str(port),
             "--log-level", "warning"]
     env = {"HYBRID_DATA_DIR": str(tmp_path / f"data-{port}"), **(env or {})}
-    return ManagedProcess(args, f"http://127.0.0.1:{port}", "/ready", env).start()
+    return ManagedProcess(args, f"http://127.0.0.1:{port}", "/ready", env, key=key).start()
 
 
 def start_llama_server(model_path: str, extra: list[str] | None = None) -> ManagedProcess:

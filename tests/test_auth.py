@@ -27,7 +27,8 @@ threads = 1
 
 @pytest.fixture(scope="module")
 def secured(model_path: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:
-    proc = start_router(CONFIG, tmp_path_factory.mktemp("auth"), env={"HYBRID_TEST_KEY": "from-env-key"})
+    proc = start_router(CONFIG, tmp_path_factory.mktemp("auth"), env={"HYBRID_TEST_KEY": "from-env-key"},
+                        key="literal-key-1")
     yield proc
     proc.stop()
 
@@ -47,13 +48,16 @@ def test_wrong_key_is_401(secured: ManagedProcess, key: str) -> None:
     assert info.value.code == "invalid_api_key"
 
 
-def test_missing_key_is_401_and_probes_stay_open(secured: ManagedProcess) -> None:
+def test_missing_key_is_401_and_only_liveness_stays_open(secured: ManagedProcess) -> None:
     resp = httpx.get(secured.url + "/v1/models")
     assert resp.status_code == 401
     assert resp.json()["error"]["code"] == "invalid_api_key"
     assert resp.headers["x-request-id"]
     assert httpx.get(secured.url + "/health").status_code == 200
-    assert httpx.get(secured.url + "/ready").status_code == 200
+    # readiness and metrics tell backends, models and traffic: keyed by default (server.status_access)
+    for path in ("/ready", "/metrics"):
+        assert httpx.get(secured.url + path).status_code == 401
+        assert secured.get(path).status_code == 200
 
 
 def test_keys_never_reach_the_log(secured: ManagedProcess) -> None:

@@ -89,6 +89,39 @@ def test_env_key_reference(monkeypatch: pytest.MonkeyPatch) -> None:
         parse_config(raw)
 
 
+BAD_CA = "/etc/hostname"  # a file that is not a PEM bundle
+
+
+@pytest.mark.parametrize(
+    ("mutation", "message"),
+    [
+        (("[routing]", '[routing]\nscorer = "no.such.module:Scorer"'), "routing.scorer: cannot load 'no.such.module:Scorer'"),
+        (("[routing]", '[routing]\nscorer = "complex"'), "routing.scorer: cannot load 'complex'"),
+        (("context = 8192", 'context = 8192\nchat_format = "alpaca"'), "backends[0].chat_format: must be one of"),
+        (("port = 9000", 'port = 9000\nlog_level = "loud"'), "server.log_level: must be one of"),
+        (('api_key_env = "OPENAI_API_KEY"', f'ca_file = "{BAD_CA}"'), "backends[1].ca_file: not a PEM bundle"),
+        (('base_url = "https://api.openai.com/v1"', 'base_url = "http://"'), "backends[1].base_url: the URL has no host"),
+        (('base_url = "https://api.openai.com/v1"', 'base_url = "http://h:port/v1"'), "backends[1].base_url: not a valid URL"),
+        (('api_key_env = "OPENAI_API_KEY"', 'proxy = "http://"'), "backends[1].proxy: the URL has no host"),
+        (('name = "openai"', 'name = "open\\r\\nai"'), "backends[1].name: letters, digits"),
+        (('name = "openai"', 'name = "opénai"'), "backends[1].name: letters, digits"),
+        (('tier = "cloud"', 'tier = "cl oud"'), "backends[1].tier: letters, digits"),
+        (("[routing]", '[cache]\npath = "/etc"\n[routing]'), "cache.path: /etc is a folder"),
+        (("[routing]", '[cache]\npath = "/etc/hostname/cache.sqlite3"\n[routing]'), "cache.path: cannot create or write"),
+        (("port = 9000", 'port = 9000\nstatus_access = "open"'), "server.status_access: must be 'keyed' or 'public'"),
+        (("port = 9000", "port = 9000\nmax_header_bytes = 0"), "server.max_header_bytes: must be positive"),
+    ],
+)
+def test_bad_settings_are_one_line_not_a_traceback(mutation: tuple[str, str], message: str) -> None:
+    import tomllib
+
+    old, new = mutation
+    assert old in GOOD
+    with pytest.raises(ConfigError) as info:
+        parse_config(tomllib.loads(GOOD.replace(old, new, 1)))
+    assert message in str(info.value)
+
+
 def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "hybrid", *args], capture_output=True, text=True, timeout=60)
 
@@ -110,6 +143,17 @@ def test_cli_missing_model_file_fails_with_one_line(tmp_path: Path) -> None:
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == [
         f"hybrid: config error: {p}: backends[0].model: model file not found: /nowhere/model.gguf"
+    ]
+
+
+def test_cli_jinja_format_on_a_model_without_template_is_one_line(tmp_path: Path) -> None:
+    p = tmp_path / "jinja.toml"
+    p.write_text('[[backends]]\nname = "cpu"\nkind = "llamacpp"\nmodel = "gemma-3-270m"\nchat_format = "jinja"\n')
+    res = _run_cli("serve", "--config", str(p))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines() == [
+        f"hybrid: config error: {p}: backends[0].chat_format: 'jinja', but gemma-3-270m-q4_k_m.gguf carries no "
+        "chat template (use gemma or chatml)"
     ]
 
 

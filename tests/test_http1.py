@@ -235,21 +235,68 @@ def test_a_body_that_runs_to_the_close() -> None:
     assert (status, body) == (200, b"hello world")
 
 
-def test_a_reused_connection_the_server_dropped_is_retried_once_on_a_fresh_one() -> None:
-    """The server's keep-alive timeout races our reuse: it closes without reading the second request."""
+def _drops_the_second_request(requests: list[int]):  # type: ignore[no-untyped-def]
+    """A server whose keep-alive timeout races our reuse: it reads the second request and closes unanswered."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        requests.append(n)
+        writer.write(ok(b"first" if n == 1 else b"second"))
+        await writer.drain()
+        await read_request(reader)  # the reused connection's request: read, then dropped unanswered
+        requests.append(n)
+        if n == 2:
+            writer.write(ok(b"third"))
+            await writer.drain()
+
+    return script
+
+
+def test_a_get_the_server_dropped_on_a_reused_connection_is_sent_again() -> None:
+    requests: list[int] = []
+
+    async def client(url: str) -> list[bytes]:
+        pool = http1.Pool(url)
+        return [(await pool.get("/"))[1] for _ in range(2)]
+
+    bodies, connections = run(serve(_drops_the_second_request(requests), client))  # type: ignore[misc]
+    assert bodies == [b"first", b"second"]
+    assert connections == 2
+
+
+def test_a_post_the_server_may_have_read_is_never_sent_twice() -> None:
+    """The server read the POST before it closed: it may have acted on it (billed a completion), so the client
+    hears an error instead of a silent second copy."""
+    requests: list[int] = []
+
+    async def client(url: str) -> list[object]:
+        pool = http1.Pool(url)
+        out: list[object] = [(await pool.post("/", b"x"))[1]]
+        try:
+            out.append((await pool.post("/", b"x"))[1])
+        except http1.ConnectionClosed as exc:
+            out.append(exc)
+        return out
+
+    results, connections = run(serve(_drops_the_second_request(requests), client))  # type: ignore[misc]
+    assert results[0] == b"first" and isinstance(results[1], http1.ConnectionClosed)
+    assert connections == 1 and requests == [1, 1]  # the server saw each request once
+
+
+def test_a_post_on_a_connection_seen_closed_goes_on_a_fresh_one() -> None:
+    """A connection the server closed while it sat idle is never written to: the POST provably did not leave."""
 
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         await read_request(reader)
         writer.write(ok(b"first" if n == 1 else b"second"))
         await writer.drain()
-        await read_request(reader)  # the reused connection's request: dropped unanswered
-        if n == 2:
-            writer.write(ok(b"third"))
-            await writer.drain()
+        writer.close()
 
     async def client(url: str) -> list[bytes]:
         pool = http1.Pool(url)
-        return [(await pool.post("/", b"x"))[1] for _ in range(2)]
+        first = (await pool.post("/", b"x"))[1]
+        await asyncio.sleep(0.2)  # the server's close arrives while the connection is idle
+        return [first, (await pool.post("/", b"x"))[1]]
 
     bodies, connections = run(serve(script, client))  # type: ignore[misc]
     assert bodies == [b"first", b"second"]
@@ -366,3 +413,88 @@ def test_a_large_streamed_body_survives_flow_control() -> None:
     (total, most_held), _ = run(serve(script, client))  # type: ignore[misc]
     assert total == 64 * len(piece)
     assert most_held < 2 << 20  # reading stopped while the consumer lagged: memory held stays bounded
+
+
+# ------------------------------------------------------------------------------------------ bounds
+
+
+@pytest.mark.parametrize("head", [
+    b"X-Junk: " + b"j" * (http1.MAX_HEAD_BYTES + 10) + b"\r\n",  # one enormous line
+    b"".join(b"X-J%d: j\r\n" % i for i in range(http1.MAX_HEADERS + 1)),  # too many lines
+    b"X-Junk: j\r\n" * 400_000,  # megabytes of lines
+])
+def test_an_answer_head_over_the_bounds_is_refused(head: bytes) -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\n" + head + b"content-length: 2\r\n\r\nok")
+        await writer.drain()
+
+    async def client(url: str) -> object:
+        try:
+            return await http1.Pool(url).get("/")
+        except http1.ProtocolError as exc:
+            return exc
+
+    result, _ = run(serve(script, client))  # type: ignore[misc]
+    assert isinstance(result, http1.ProtocolError), result
+
+
+def test_silence_in_the_middle_of_a_body_is_a_read_timeout() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        await writer.drain()
+        await asyncio.sleep(10)
+
+    async def client(url: str) -> tuple[list[bytes], object, float]:
+        pool = http1.Pool(url, read_timeout_s=0.3)
+        resp = await pool.request("GET", "/")
+        got: list[bytes] = []
+        started = asyncio.get_running_loop().time()
+        try:
+            async for piece in resp.iter_chunks():
+                got.append(piece)
+        except http1.ReadTimeout as exc:
+            return got, exc, asyncio.get_running_loop().time() - started
+        return got, None, 0.0
+
+    (got, error, waited), _ = run(serve(script, client))  # type: ignore[misc]
+    assert got == [b"hello"] and isinstance(error, http1.ReadTimeout)
+    assert waited < 5
+
+
+def test_connections_per_pool_are_capped_and_requests_wait_for_one() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            await read_request(reader)
+            await asyncio.sleep(0.05)
+            writer.write(ok(b"done"))
+            await writer.drain()
+
+    async def client(url: str) -> list[bytes]:
+        pool = http1.Pool(url, max_connections=2)
+        answers = await asyncio.gather(*(pool.get("/") for _ in range(8)))
+        return [body for _, body in answers]
+
+    bodies, connections = run(serve(script, client))  # type: ignore[misc]
+    assert bodies == [b"done"] * 8
+    assert connections == 2
+
+
+def test_a_gzip_bomb_stops_at_the_decoded_cap() -> None:
+    zeros = b"\0" * (1 << 20)
+    c = gzip.compress(b"".join([zeros] * (http1.MAX_DECODED_BYTES // len(zeros) + 8)), compresslevel=9)
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(ok(c, b"content-encoding: gzip\r\n"))
+        await writer.drain()
+
+    async def client(url: str) -> object:
+        try:
+            return await http1.Pool(url).get("/")
+        except http1.ProtocolError as exc:
+            return exc
+
+    result, _ = run(serve(script, client))  # type: ignore[misc]
+    assert isinstance(result, http1.ProtocolError) and "inflates" in str(result)

@@ -152,7 +152,7 @@ def test_models_list(client: openai.OpenAI) -> None:
 
 def test_health_and_ready(router: ManagedProcess) -> None:
     assert httpx.get(router.url + "/health").json() == {"status": "ok"}
-    ready = httpx.get(router.url + "/ready")
+    ready = router.get("/ready")
     assert ready.status_code == 200
     assert ready.json()["backends"]["cpu"]["state"] == "up"
 
@@ -171,7 +171,7 @@ def test_concurrent_requests_queue_on_one_context(client: openai.OpenAI) -> None
 
 
 def _backend_load(router: ManagedProcess) -> dict[str, int]:
-    return httpx.get(router.url + "/ready").json()["backends"]["cpu"]
+    return router.get("/ready").json()["backends"]["cpu"]
 
 
 def _wait_idle(router: ManagedProcess, limit_s: float = 8.0) -> bool:

@@ -121,7 +121,7 @@ def test_explicit_tier_model_and_header(routed: ManagedProcess) -> None:
 def test_models_and_ready_list_every_tier(routed: ManagedProcess) -> None:
     ids = [m.id for m in sdk(routed.url).models.list()]
     assert ids[:3] == ["auto", "local", "cloud"] and {"gemma-3-270m", "gemma-cloud"} <= set(ids)
-    backends = httpx.get(routed.url + "/ready").json()["backends"]
+    backends = routed.get("/ready").json()["backends"]
     assert backends["cloud-llama"]["state"] == "up" and backends["cpu"]["state"] == "up"
 
 
@@ -177,7 +177,7 @@ def test_overflow_when_local_is_busy(routed: ManagedProcess) -> None:
     with httpx.Client(timeout=60) as http, http.stream("POST", routed.url + "/v1/completions", json=body) as busy:
         lines = busy.iter_lines()  # keep a reference: a collected iterator closes the stream (a disconnect)
         next(lines)  # local is now generating
-        assert httpx.get(routed.url + "/ready").json()["backends"]["cpu"]["in_flight"] == 1
+        assert routed.get("/ready").json()["backends"]["cpu"]["in_flight"] == 1
         headers, _ = _chat(routed, "auto", "hi")
         assert headers["x-hybrid-tier"] == "cloud"
         assert ";overflow:cpu(wait=" in headers["x-hybrid-route-reason"]
@@ -240,7 +240,7 @@ def test_mid_stream_failure_ends_with_error_event(faulty: ManagedProcess) -> Non
 
 def _wait_not_cooling(router: ManagedProcess, backend: str) -> None:
     deadline = time.monotonic() + 10
-    while httpx.get(router.url + "/ready").json()["backends"][backend]["state"] == "cooling":
+    while router.get("/ready").json()["backends"][backend]["state"] == "cooling":
         assert time.monotonic() < deadline, f"{backend} cooled down for over 10 s"
         time.sleep(0.05)
 
@@ -257,7 +257,7 @@ def _while_busy(router: ManagedProcess, backend: str, model: str, then):  # type
     """Run ``then()`` while a slow request holds ``backend``; returns both outcomes."""
     with ThreadPoolExecutor(1) as pool:
         first = pool.submit(_chat, router, model)
-        while httpx.get(router.url + "/ready").json()["backends"][backend]["in_flight"] == 0:
+        while router.get("/ready").json()["backends"][backend]["in_flight"] == 0:
             time.sleep(0.02)
         second = then()
         return first.result(), second
@@ -274,7 +274,7 @@ def test_cooldown_and_recovery(faulty: ManagedProcess, faults: ManagedProcess) -
     for _ in range(2):  # two consecutive failures open the breaker
         headers, _ = _chat(faulty, "tctl")
         assert headers["x-hybrid-backend"] == "cloud-llama"
-    state = httpx.get(faulty.url + "/ready").json()["backends"]["fctl"]
+    state = faulty.get("/ready").json()["backends"]["fctl"]
     assert state["state"] == "cooling" and state["consecutive_failures"] == 2
     headers, _ = _chat(faulty, "tctl")  # skipped while cooling: the upstream sees nothing
     assert "fctl(cooling)" in headers["x-hybrid-route-reason"]
@@ -284,7 +284,7 @@ def test_cooldown_and_recovery(faulty: ManagedProcess, faults: ManagedProcess) -
     _wait_not_cooling(faulty, "fctl")
     headers, _ = _chat(faulty, "tctl")  # the probe succeeds and closes the breaker
     assert headers["x-hybrid-backend"] == "fctl"
-    state = httpx.get(faulty.url + "/ready").json()["backends"]["fctl"]
+    state = faulty.get("/ready").json()["backends"]["fctl"]
     assert state["state"] == "up" and state["consecutive_failures"] == 0
     assert httpx.get(faults.url + "/stats").json() == {"500": 2, "ok": 1}
 
@@ -322,7 +322,7 @@ tokens_per_min = 1000
 {_fault_backend(faults, "ok")}
 {_fault_backend(faults, "slow", name="capped", first_byte_timeout_s=10.0, max_concurrency=1)}
 """
-    proc = start_router(config, tmp_path_factory.mktemp("limits"))
+    proc = start_router(config, tmp_path_factory.mktemp("limits"), key="key-b")
     try:
         a = sdk(proc.url, api_key="key-a")
         for _ in range(3):
@@ -359,7 +359,7 @@ def _while_busy_with_key(router: ManagedProcess, key: str, then):  # type: ignor
     with ThreadPoolExecutor(1) as pool:
         first = pool.submit(lambda: sdk(router.url, api_key=key).chat.completions.create(
             model="tcapped", messages=[{"role": "user", "content": "hi"}], max_tokens=1))
-        while httpx.get(router.url + "/ready").json()["backends"]["fcapped"]["in_flight"] == 0:
+        while router.get("/ready").json()["backends"]["fcapped"]["in_flight"] == 0:
             time.sleep(0.02)
         second = then()
         return first.result(), second

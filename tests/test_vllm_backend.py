@@ -76,7 +76,7 @@ def managed(model_path: str, tmp_path: Path) -> Iterator[ManagedProcess]:
 
 
 def _gpu_state(router: ManagedProcess) -> dict[str, object]:
-    return httpx.get(router.url + "/ready").json()["backends"]["gpu"]
+    return router.get("/ready").json()["backends"]["gpu"]
 
 
 def _child_pid(router: ManagedProcess) -> int:
@@ -148,7 +148,7 @@ threads = 1
     proc = MP([sys.executable, "-m", "hybrid", "serve", "--config", str(cfg), "--port", str(port)],
               f"http://127.0.0.1:{port}", "/health").start()
     try:
-        ready = httpx.get(proc.url + "/ready")
+        ready = proc.get("/ready")
         assert ready.status_code == 503 and ready.json()["backends"]["gpu"]["state"] == "loading"
         r = sdk(proc.url).chat.completions.with_raw_response.create(
             model="local", messages=[{"role": "user", "content": "hi"}], max_tokens=2)

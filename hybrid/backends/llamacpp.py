@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import re
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -17,20 +19,21 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from hybrid.backends.base import Backend, BackendLoad, BackendState
 from hybrid.backends.chat_templates import ChatFormatter, pick_formatter
 from hybrid.backends.gguf import resolve_gguf
+from hybrid.backends.grammar import WORKER_STACK_BYTES, grammar_for
 from hybrid.config import BackendConfig
 from hybrid.errors import ContextLengthExceededError, InvalidRequestError, ServiceUnavailableError
-from hybrid.protocol import Chunk, InferenceRequest, make_chunk, make_usage, make_usage_chunk
+from hybrid.protocol import Chunk, InferenceRequest, content_text, make_chunk, make_usage, make_usage_chunk
 
 log = logging.getLogger("hybrid.llamacpp")
 
 DEFAULT_CONTEXT = 8192
 _COUNT_INLINE_CHARS = 2_048  # longer prompts are tokenized off the event loop (about 1 ms of tokenizer per 2 KB)
 _END = object()
+_SENTINEL = "\x1ehybrid-" + os.urandom(6).hex() + "-"  # stands for a message's text while the template renders
+_SENTINEL_RE = re.compile(re.escape(_SENTINEL) + r"(\d+)\x1e")
 
 
 def physical_cores() -> int:
@@ -59,6 +62,7 @@ class LlamaCppBackend(Backend):
         self._in_flight = 0
         self._waiting = 0
         self._service_s = 1.0
+        self._warned_template = False
         self.threads = cfg.threads or max(1, physical_cores() // cfg.pool_size)
 
     # ------------------------------------------------------------------------------------------ lifecycle
@@ -82,7 +86,7 @@ class LlamaCppBackend(Backend):
         self._pool = asyncio.Queue()
         for slot in self._slots:
             self._pool.put_nowait(slot)
-        self._executor = ThreadPoolExecutor(max_workers=len(self._slots), thread_name_prefix=f"llama-{self.name}")
+        self._executor = _big_stack_executor(len(self._slots), f"llama-{self.name}")
         self.state = BackendState.UP
         log.info(
             "backend %s: %s loaded (%s, context %d, %d context(s) x %d thread(s), chat format %s)",
@@ -150,17 +154,55 @@ class LlamaCppBackend(Backend):
             )
         if req.logprobs:
             raise InvalidRequestError(f"Backend '{self.name}' does not return logprobs.", param="logprobs")
+        if req.response_format and "llamacpp:grammar" not in req.memo:
+            # built (and bounded) here, so that auto routing can still send a schema it cannot take elsewhere
+            req.memo["llamacpp:grammar"] = grammar_for(req.response_format)
 
-    def _prompt(self, req: InferenceRequest) -> tuple[str, list[str]]:
+    def _segments(self, req: InferenceRequest) -> tuple[list[tuple[str, bool]], list[str]]:
+        """The formatted prompt as (text, is template) pieces, and the template's stop strings.
+
+        Message text is tokenized as plain text, never as special tokens: a user who writes ``<end_of_turn>`` or
+        ``<|im_start|>system`` gets those characters, not a forged turn. Each message's content is replaced by a
+        sentinel, the template renders around the sentinels, and the real texts go back in their places. A
+        legacy completion's prompt is the client's own raw prompt (template markers included, on purpose)."""
         if req.kind == "completion":
-            return req.prompt, []
+            return [(req.prompt, True)], []
         assert self._formatter is not None
-        fp = self._formatter(req.messages)
-        return fp.prompt, fp.stop
+        texts = [content_text(m.get("content")) for m in req.messages]
+        marked = [
+            dict(m, content=f"{_SENTINEL}{i}\x1e") if isinstance(m.get("content"), (str, list)) else m
+            for i, m in enumerate(req.messages)
+        ]
+        fp = self._formatter(marked)
+        pieces = _SENTINEL_RE.split(fp.prompt)
+        segments: list[tuple[str, bool]] = []
+        placed = 0
+        for j, piece in enumerate(pieces):
+            if j % 2 == 0:
+                if piece:
+                    segments.append((piece, True))
+            else:
+                placed += 1
+                segments.append((texts[int(piece)], False))
+        if placed < sum(1 for m in req.messages if isinstance(m.get("content"), (str, list))):
+            # the template rewrote message text (rare): render the real messages, and warn once
+            if not self._warned_template:
+                self._warned_template = True
+                log.warning("backend %s: its chat template rewrites message text; special-token text in messages "
+                            "cannot be kept apart from the template's", self.name)
+            fp = self._formatter(req.messages)
+            return [(fp.prompt, True)], fp.stop
+        return segments, fp.stop
 
-    def _tokenize(self, prompt: str) -> list[int]:
-        # what create_completion does with a text prompt: BOS (if the model wants one), special tokens parsed
-        return self._vocab.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)  # type: ignore[no-any-return]
+    def _tokenize(self, segments: list[tuple[str, bool]]) -> list[int]:
+        # BOS (if the model wants one) once, at the start; special tokens parsed in the template's text only
+        tokens: list[int] = []
+        for i, (text, template) in enumerate(segments):
+            if text:
+                tokens += self._vocab.tokenize(text.encode("utf-8"), add_bos=not tokens and i == 0, special=template)
+        if not tokens:
+            tokens = self._vocab.tokenize(b"", add_bos=True, special=True)
+        return tokens
 
     async def _prompt_tokens(self, req: InferenceRequest) -> tuple[list[int], list[str]]:
         """The request's prompt as tokens, and the template's stop strings: formatted and tokenized once per
@@ -168,11 +210,11 @@ class LlamaCppBackend(Backend):
         key = f"llamacpp:{self.model_path}:{self.chat_format}"
         memo = req.memo.get(key)
         if memo is None:
-            prompt, stop = self._prompt(req)
-            if len(prompt) > _COUNT_INLINE_CHARS:
-                tokens = await asyncio.to_thread(self._tokenize, prompt)
+            segments, stop = self._segments(req)
+            if sum(len(t) for t, _ in segments) > _COUNT_INLINE_CHARS:
+                tokens = await asyncio.to_thread(self._tokenize, segments)
             else:
-                tokens = self._tokenize(prompt)
+                tokens = self._tokenize(segments)
             memo = req.memo[key] = (tokens, stop)
         return memo  # type: ignore[no-any-return]
 
@@ -185,20 +227,6 @@ class LlamaCppBackend(Backend):
         if self._vocab is None:
             return None
         return len(self._vocab.tokenize(text.encode("utf-8"), add_bos=False, special=False))
-
-    def _grammar(self, req: InferenceRequest) -> Any:
-        rf = req.response_format
-        if not rf or rf.get("type") == "text":
-            return None
-        from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
-
-        if rf["type"] == "json_object":
-            return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
-        schema = rf["json_schema"].get("schema") or {}
-        try:
-            return LlamaGrammar.from_json_schema(orjson.dumps(schema).decode(), verbose=False)
-        except Exception as exc:
-            raise InvalidRequestError(f"Unsupported JSON schema: {exc}", param="response_format") from None
 
     async def stream(self, req: InferenceRequest, model: str) -> AsyncIterator[Chunk]:
         if self.state is not BackendState.UP or self._pool is None or self._executor is None:
@@ -213,7 +241,7 @@ class LlamaCppBackend(Backend):
                 "the completion). Please reduce the length of the messages or completion.",
                 param="messages" if req.kind == "chat" else "prompt",
             )
-        grammar = self._grammar(req) if req.response_format else None
+        grammar = req.memo.get("llamacpp:grammar")
         kwargs: dict[str, Any] = {
             "max_tokens": req.max_tokens or (self._n_ctx - n_prompt),
             "temperature": 1.0 if req.temperature is None else req.temperature,
@@ -271,6 +299,21 @@ class LlamaCppBackend(Backend):
                 first = False
         finally:
             cancel.set()
+
+
+def _big_stack_executor(workers: int, name: str) -> ThreadPoolExecutor:
+    """Worker threads with a large stack (libllama's grammar parser recurses once per nesting level), started
+    now so that no other thread inherits the size."""
+    executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
+    before = threading.stack_size(WORKER_STACK_BYTES)
+    try:
+        started = threading.Barrier(workers + 1)
+        for _ in range(workers):
+            executor.submit(started.wait)
+        started.wait()
+    finally:
+        threading.stack_size(before)
+    return executor
 
 
 class _Slot:

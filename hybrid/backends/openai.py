@@ -29,7 +29,7 @@ from hybrid.errors import (
     UpstreamTimeoutError,
     error_for_status,
 )
-from hybrid.protocol import Chunk, InferenceRequest, completion_to_chunk, from_text_completion_chunk
+from hybrid.protocol import Chunk, InferenceRequest, chunk_problem, completion_to_chunk, from_text_completion_chunk
 
 log = logging.getLogger("hybrid.openai")
 
@@ -52,7 +52,8 @@ def upstream_pool(cfg: BackendConfig, url: str, name: str, headers: dict[str, st
     if proxy:
         log.info("%s: %s through the proxy %s", name, url, urlsplit(proxy).netloc.rpartition("@")[2])
     return http1.Pool(url, headers=headers, connect_timeout_s=cfg.connect_timeout_s, ssl_context=context,
-                      name=name, proxy=proxy)
+                      name=name, proxy=proxy, max_connections=cfg.max_connections,
+                      read_timeout_s=cfg.read_timeout_s)
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -69,8 +70,22 @@ def parse_retry_after(value: str | None) -> float | None:
             return None
 
 
+MAX_ERROR_BODY = 64 * 1024  # of an upstream's error answer, only this much is read
+MAX_EVENT_LINE = 4 << 20  # one SSE line; an upstream line without end fails the answer past this
+
+
 def normalise_error(status: int, body: bytes, retry_after: str | None, backend: str) -> HybridError:
-    """Turn an upstream error answer into the router's exception (OpenAI's shape on the wire)."""
+    """Turn an upstream error answer into the router's exception (OpenAI's shape on the wire).
+
+    401 and 403 mean the router's own credentials were refused: the client did nothing wrong, and the upstream's
+    words (which may echo part of the key) are not passed on. They become a retryable 502, so another backend of
+    the tier is tried and the breaker counts the failure."""
+    if status in (401, 403):
+        log.warning("%s: the upstream refused the router's credentials (HTTP %d)", backend, status)
+        return UpstreamError(
+            f"Upstream '{backend}' refused the router's credentials (HTTP {status}); its API key needs attention.",
+            code="upstream_auth_failed",
+        )
     message, param, code = "", None, None
     try:
         data = orjson.loads(body)
@@ -148,10 +163,11 @@ class OpenAIBackend(Backend):
                     resp = await pool.request("POST", path, orjson.dumps(body), timeout_s=self.cfg.total_timeout_s)
                     if resp.status >= 400:
                         raise normalise_error(
-                            resp.status, await resp.read(), resp.headers.get("retry-after"), self.name
+                            resp.status, await resp.read(MAX_ERROR_BODY, truncate=True),
+                            resp.headers.get("retry-after"), self.name,
                         )
                     if resp.content_type != "text/event-stream":
-                        whole = self._whole(await resp.read(), legacy)
+                        whole = self._whole(await resp.read(self.cfg.max_answer_bytes), legacy)
                     else:
                         lines = _lines(resp)
                         first = await self._next_event(lines)
@@ -169,6 +185,10 @@ class OpenAIBackend(Backend):
             while first is not None:
                 yield from_text_completion_chunk(first) if legacy else first
                 first = await self._next_event(lines)
+        except http1.ReadTimeout:
+            raise UpstreamTimeoutError(
+                f"Upstream '{self.name}' sent nothing for {self.cfg.read_timeout_s:g}s in the middle of its answer."
+            ) from None
         except http1.RequestTimeout:
             raise UpstreamTimeoutError(
                 f"Upstream '{self.name}' did not finish within {self.cfg.total_timeout_s:g}s."
@@ -193,6 +213,9 @@ class OpenAIBackend(Backend):
             raise UpstreamError(f"Upstream '{self.name}' sent a body that is not JSON.") from None
         if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
             raise UpstreamError(f"Upstream '{self.name}' sent an answer without 'choices'.")
+        problem = chunk_problem(answer)
+        if problem is not None:
+            raise UpstreamError(f"Upstream '{self.name}' sent an answer the router cannot read: {problem}.")
         return from_text_completion_chunk(answer) if legacy else completion_to_chunk(answer)
 
     async def _next_event(self, lines: AsyncIterator[bytes]) -> Chunk | None:
@@ -212,19 +235,39 @@ class OpenAIBackend(Backend):
             if "error" in event:
                 err = event["error"]
                 msg = err.get("message") if isinstance(err, dict) else str(err)
-                raise UpstreamError(f"Upstream '{self.name}' failed mid-stream: {msg}")
+                raise UpstreamError(f"Upstream '{self.name}' failed mid-stream: {str(msg)[:500]}")
+            problem = chunk_problem(event)
+            if problem is not None:
+                raise UpstreamError(f"Upstream '{self.name}' sent an event the router cannot read: {problem}.")
             return event
         return None
 
 
-async def _lines(resp: http1.Response) -> AsyncIterator[bytes]:
-    """The body's lines (without their ends), however the pieces split them."""
-    rest = b""
+async def _lines(resp: http1.Response, limit: int = MAX_EVENT_LINE) -> AsyncIterator[bytes]:
+    """The body's lines (without their ends), however the pieces split them; a line over ``limit`` bytes raises
+    :class:`~hybrid.http1.ProtocolError`. Pieces of an unfinished line are kept apart and joined once, when its
+    end arrives (no copying per piece)."""
+    pending: list[bytes] = []
+    pending_len = 0
     async for piece in resp.iter_chunks():
-        if rest:
-            piece = rest + piece
+        if b"\n" not in piece:
+            pending.append(piece)
+            pending_len += len(piece)
+            if pending_len > limit:
+                raise http1.ProtocolError(f"an event line is over {limit} bytes")
+            continue
+        if pending:
+            pending.append(piece)
+            piece = b"".join(pending)
+            pending.clear()
+            pending_len = 0
         *full, rest = piece.split(b"\n")
         for line in full:
+            if len(line) > limit:
+                raise http1.ProtocolError(f"an event line is over {limit} bytes")
             yield line.rstrip(b"\r")
-    if rest:
-        yield rest.rstrip(b"\r")
+        if rest:
+            pending.append(rest)
+            pending_len = len(rest)
+    if pending:
+        yield b"".join(pending).rstrip(b"\r")

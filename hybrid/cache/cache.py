@@ -94,14 +94,18 @@ class ResponseCache:
 
     # ------------------------------------------------------------------------------------------ lookup
 
-    async def lookup(self, req: InferenceRequest, tenant: str, cache_control: str | None, namespace: str | None) -> CacheLookup:
+    async def lookup(
+        self, req: InferenceRequest, tenant: str, cache_control: str | None, namespace: str | None, route: str = ""
+    ) -> CacheLookup:
+        """``route``: the tier the client forced with ``x-hybrid-tier`` (part of the key: another tier, another
+        answer)."""
         policy = decide(req, tenant, cache_control, namespace, self.cfg.ttl_s, self.cfg.deterministic_only,
                         self.cfg.shared_models)
         if not policy.read:
             METRICS.inc("hybrid_cache_lookups_total", "Cache lookups by result", result="bypass")
             if not policy.write:  # nothing to read or write: no keys to compute
                 return CacheLookup("bypass", policy)
-        exact, params = keys_of(req)
+        exact, params = keys_of(req, route)
         found = CacheLookup("miss" if policy.read else "bypass", policy, policy.scope + exact[:40], policy.scope + params)
         if not policy.read:  # no-cache: keys only for storing the fresh answer
             return found

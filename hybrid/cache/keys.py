@@ -1,9 +1,14 @@
-"""Cache keys from a normalised request.
+"""Cache keys from a request.
 
-The exact key covers everything that changes the answer: the requested model or tier, the messages (roles,
-content, tool calls), tools and ``tool_choice``, ``response_format`` and the sampling parameters, as canonical
-JSON with Unicode (NFKC) and whitespace normalised. The *params key* is the same without the conversation text:
-the semantic layer only compares entries that agree on it.
+The exact key covers everything that can change the answer, byte for byte: every field of the body except the
+few that cannot change it (:data:`NOT_IN_KEY`), the route the client forced (``x-hybrid-tier``), and the
+conversation exactly as sent. Nothing is normalised: "2⁵" is not "25", and re-indented Python is other code.
+New OpenAI parameters are in the key by default, so a field the router has never heard of cannot make two
+different requests share an answer.
+
+The *params key* is the same without the conversation text, plus the conversation's shape: roles, names, tool
+calls and every non-text content part (images, audio, files). The semantic layer only compares entries that agree
+on it, so two requests that differ only in an image or in a tool call's arguments never meet there.
 """
 
 from __future__ import annotations
@@ -18,67 +23,61 @@ import orjson
 from hybrid.protocol import InferenceRequest, content_text
 
 _WS = re.compile(r"\s+")
-SAMPLING = ("temperature", "top_p", "max_tokens", "max_completion_tokens", "stop", "seed", "n", "logprobs",
-            "top_logprobs", "presence_penalty", "frequency_penalty", "logit_bias", "tool_choice", "tools",
-            "response_format", "parallel_tool_calls", "suffix", "echo")
+
+#: body fields that cannot change the answer (delivery, accounting and labels); all others are in the key
+NOT_IN_KEY = frozenset({
+    "messages", "prompt", "model", "stream", "stream_options", "user", "metadata", "store", "safety_identifier",
+    "prompt_cache_key", "max_tokens", "max_completion_tokens",
+})
+_MESSAGE_EXTRAS = ("name", "tool_calls", "tool_call_id", "function_call")
 
 
 def normalise_text(text: str) -> str:
+    """Unicode and whitespace folded: for the semantic layer's text only, never for a key."""
     return _WS.sub(" ", unicodedata.normalize("NFKC", text)).strip()
-
-
-def _normalise(value: Any) -> Any:
-    if isinstance(value, str):
-        return normalise_text(value)
-    if isinstance(value, list):
-        return [_normalise(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _normalise(v) for k, v in value.items()}
-    return value
 
 
 def _digest(obj: Any) -> str:
     return hashlib.sha256(orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-def params_of(req: InferenceRequest) -> dict[str, Any]:
-    body = req.body
-    params: dict[str, Any] = {"kind": req.kind, "model": req.model}
-    for name in SAMPLING:
-        if body.get(name) is not None:
-            params[name] = _normalise(body[name])
-    if "max_completion_tokens" in params:  # the same limit under either name
-        params["max_tokens"] = params.pop("max_completion_tokens")
+def params_of(req: InferenceRequest, route: str = "") -> dict[str, Any]:
+    """Everything but the conversation that can change the answer (``route``: the tier a client forced)."""
+    params: dict[str, Any] = {k: v for k, v in req.body.items() if k not in NOT_IN_KEY}
+    params["@kind"] = req.kind
+    params["@model"] = req.model
+    params["@route"] = route
+    params["@max_tokens"] = req.max_tokens  # the same limit under either name
     return params
 
 
-def conversation_of(req: InferenceRequest) -> list[Any]:
+def shape_of(req: InferenceRequest) -> list[Any]:
+    """The conversation less its text: roles, names, tool calls and the non-text content parts, in order."""
     if req.kind == "completion":
-        return [normalise_text(req.prompt)]
-    out = []
+        return []
+    out: list[Any] = []
     for m in req.messages:
-        entry: dict[str, Any] = {"role": m.get("role")}
         content = m.get("content")
-        entry["content"] = _normalise(content) if not isinstance(content, str) else normalise_text(content)
-        for extra in ("name", "tool_calls", "tool_call_id", "function_call"):
-            if m.get(extra) is not None:
-                entry[extra] = _normalise(m[extra])
-        out.append(entry)
+        parts = None
+        if isinstance(content, list):
+            parts = ["text" if isinstance(p, dict) and p.get("type") == "text" else p for p in content]
+        out.append([m.get("role"), parts, {k: m[k] for k in _MESSAGE_EXTRAS if m.get(k) is not None}])
     return out
 
 
-def keys_of(req: InferenceRequest) -> tuple[str, str]:
-    """(exact key, params key), the parameters normalised once."""
-    params = params_of(req)
-    return _digest({"p": params, "c": conversation_of(req)}), _digest(params)[:32]
+def keys_of(req: InferenceRequest, route: str = "") -> tuple[str, str]:
+    """(exact key, params key)."""
+    params = params_of(req, route)
+    conversation: Any = req.prompt if req.kind == "completion" else req.messages
+    return _digest({"p": params, "c": conversation}), _digest({"p": params, "s": shape_of(req)})[:32]
 
 
-def exact_key(req: InferenceRequest) -> str:
-    return keys_of(req)[0]
+def exact_key(req: InferenceRequest, route: str = "") -> str:
+    return keys_of(req, route)[0]
 
 
-def params_key(req: InferenceRequest) -> str:
-    return keys_of(req)[1]
+def params_key(req: InferenceRequest, route: str = "") -> str:
+    return keys_of(req, route)[1]
 
 
 def conversation_text(req: InferenceRequest) -> str:

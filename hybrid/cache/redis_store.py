@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import orjson
@@ -17,13 +18,23 @@ from hybrid.cache.store import CacheEntry, CacheStore, cosine
 log = logging.getLogger("hybrid.cache.redis")
 
 
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (``redis://:***@host:6379/0``)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
 class RedisCacheStore(CacheStore):
     name = "redis"
 
     def __init__(self, url: str, prefix: str = "hybrid:cache:", dim: int = 384, semantic: bool = True) -> None:
         import redis.asyncio as redis
 
-        self.url = url
+        self.url = redact_url(url)  # for logs and stats: never the password
         self.prefix = prefix
         self.dim = dim
         self.want_semantic = semantic

@@ -9,6 +9,7 @@ SQLite at start, in the background: until it is ready the semantic layer misses.
 from __future__ import annotations
 
 import asyncio
+import os
 import logging
 import queue
 import sqlite3
@@ -44,6 +45,16 @@ CREATE INDEX IF NOT EXISTS entries_namespace ON entries(namespace);
 """
 
 
+def _private_file(path: Path) -> None:
+    """Create the cache file (and its folder) readable by its owner only: it holds every tenant's prompts and
+    answers. An existing file is narrowed too. SQLite gives its -wal and -shm files the database's mode."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if p.exists() and p.stat().st_mode & 0o077:
+            os.chmod(p, 0o600)
+
+
 def _connect(path: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -71,7 +82,7 @@ class SqliteCacheStore(CacheStore):
         self._unflushed: dict[str, CacheEntry] = {}
 
     async def start(self) -> None:
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        _private_file(Path(self.path))
         self._loop = asyncio.get_running_loop()
         setup = _connect(self.path)
         setup.executescript(SCHEMA)
