@@ -211,6 +211,36 @@ def test_embeddings_endpoint(cached: ManagedProcess) -> None:
         client.embeddings.create(model="x", input=[])
 
 
+def test_bulk_embeddings_do_not_hold_up_cache_lookups(cached: ManagedProcess) -> None:
+    """256 long inputs on /v1/embeddings take the embedding model for seconds; semantic lookups of chat requests
+    overtake them (bulk work runs in small pieces, behind any lookup) instead of waiting for the whole batch."""
+    import threading
+
+    client = sdk(cached.url, api_key="key-a")
+    texts = [f"Document {i}: " + "a long paragraph about office policies and procedures " * 40 for i in range(256)]
+    bulk: list[object] = []
+    def embed_all() -> None:
+        try:
+            bulk.append(client.embeddings.create(model="x", input=texts, encoding_format="float"))
+        except Exception as exc:
+            bulk.append(exc)
+
+    worker = threading.Thread(target=embed_all)
+    worker.start()
+    answered_meanwhile = 0
+    for i in range(200):
+        _ask(cached, f"Question number {i} about the lunch menu?")  # a miss: embedded, searched, answered
+        if not worker.is_alive():
+            break
+        answered_meanwhile += 1
+    worker.join()
+    assert len(bulk[0].data) == 256  # type: ignore[attr-defined]
+    assert answered_meanwhile >= 3
+    with pytest.raises(openai.BadRequestError) as info:
+        client.embeddings.create(model="x", input=["too many"] * 257)
+    assert info.value.param == "input"  # type: ignore[attr-defined]
+
+
 def test_semantic_layer_over_an_embeddings_backend(cached: ManagedProcess, faults: ManagedProcess, tmp_path: Path) -> None:
     """`cache.embedder` naming an OpenAI-compatible backend: here another router's /v1/embeddings."""
     config = _config(faults, 'embedder = "emb"\nembedding_model = "all-MiniLM-L6-v2"') + f"""

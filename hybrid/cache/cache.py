@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from hybrid.cache.embeddings import Embedder, EmbedderUnavailable, HttpEmbedder, LocalMiniLM
+from hybrid.cache.embeddings import STORE, Embedder, EmbedderUnavailable, HttpEmbedder, LocalMiniLM
 from hybrid.cache.guard import disagreement
 from hybrid.cache.keys import conversation_text, keys_of
 from hybrid.cache.policy import CachePolicy, decide
@@ -169,7 +169,7 @@ class ResponseCache:
             vector = found.vector
             if vector is None and self.semantic:
                 assert self.embedder is not None
-                vector = (await self.embedder.embed([text]))[0]
+                vector = (await self.embedder.embed([text], STORE))[0]
             now = time.time()
             await self.store.put(CacheEntry(found.key, found.partition, found.policy.namespace, text, answer, now,
                                             now + found.policy.ttl_s, vector))

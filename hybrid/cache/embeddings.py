@@ -6,9 +6,14 @@ from __future__ import annotations
 import abc
 import asyncio
 import base64
+import itertools
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
 
 import numpy as np
 
@@ -21,6 +26,10 @@ class EmbedderUnavailable(Exception):
     """The embedding model cannot be loaded here (e.g. the `semantic` extra is not installed)."""
 
 
+LOOKUP, STORE, BULK = 0, 1, 2  # priorities: a cache lookup waits for no stored answer, and neither for bulk work
+BULK_BATCH = 16  # texts per piece of bulk work: the longest a lookup waits behind it
+
+
 class Embedder(abc.ABC):
     name: str
     dim: int
@@ -30,8 +39,12 @@ class Embedder(abc.ABC):
         return None
 
     @abc.abstractmethod
-    async def embed(self, texts: list[str]) -> np.ndarray:
+    async def embed(self, texts: list[str], priority: int = LOOKUP) -> np.ndarray:
         """(len(texts), dim) float32, rows of unit length."""
+
+    async def embed_many(self, texts: list[str]) -> tuple[np.ndarray, int]:
+        """Bulk work (the embeddings endpoint): the vectors and the tokens they took."""
+        return await self.embed(texts, BULK), self.count_tokens(texts)
 
     def count_tokens(self, texts: list[str]) -> int:
         return sum(max(1, len(t) // 4) for t in texts)
@@ -67,8 +80,31 @@ class LocalMiniLM(Embedder):
         self.ready = False
         self.model = None
         self.tokenizer = None
-        # one worker: torch already uses the cores it is given; queuing beats oversubscribing
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
+        # one worker: torch already uses the cores it is given; queuing beats oversubscribing. Its queue is by
+        # priority, so a lookup overtakes stored answers and bulk batches waiting for the model.
+        self._jobs: queue.PriorityQueue[tuple[int, int, Callable[[], Any] | None, Future[Any] | None]] = (
+            queue.PriorityQueue()
+        )
+        self._seq = itertools.count()
+        self._worker = threading.Thread(target=self._work, name="embed", daemon=True)
+        self._worker.start()
+
+    def _work(self) -> None:
+        while True:
+            _, _, fn, fut = self._jobs.get()
+            if fn is None or fut is None:
+                return
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:  # handed to the awaiting coroutine
+                fut.set_exception(exc)
+
+    def _submit(self, priority: int, fn: Callable[[], Any]) -> asyncio.Future[Any]:
+        fut: Future[Any] = Future()
+        self._jobs.put((priority, next(self._seq), fn, fut))
+        return asyncio.wrap_future(fut)
 
     def load(self) -> None:
         """Import torch and load the model (seconds): at start, in the background."""
@@ -97,7 +133,7 @@ class LocalMiniLM(Embedder):
         log.info("embeddings: %s loaded", self.name)
 
     async def start(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._pool, self.load)
+        await self._submit(LOOKUP, self.load)
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         """Mean-pooled, normalised MiniLM embeddings (what the model's sentence-transformers pipeline computes),
@@ -111,8 +147,15 @@ class LocalMiniLM(Embedder):
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             return torch.nn.functional.normalize(pooled, dim=1).numpy().astype(np.float32)
 
-    async def embed(self, texts: list[str]) -> np.ndarray:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._encode, texts)
+    async def embed(self, texts: list[str], priority: int = LOOKUP) -> np.ndarray:
+        return await self._submit(priority, lambda: self._encode(texts))  # type: ignore[no-any-return]
+
+    async def embed_many(self, texts: list[str]) -> tuple[np.ndarray, int]:
+        """In pieces of :data:`BULK_BATCH`, each queued behind any lookup; tokens are counted on the worker (a
+        long text's tokenization is no work for the event loop)."""
+        pieces = [texts[i : i + BULK_BATCH] for i in range(0, len(texts), BULK_BATCH)]
+        done = [await self._submit(BULK, lambda p=p: (self._encode(p), self.count_tokens(p))) for p in pieces]
+        return np.concatenate([v for v, _ in done]), sum(n for _, n in done)
 
     def embed_sync(self, texts: list[str]) -> np.ndarray:
         return self._encode(texts)
@@ -123,7 +166,7 @@ class LocalMiniLM(Embedder):
         return sum(len(self.tokenizer(t, truncation=True, max_length=256)["input_ids"]) for t in texts)
 
     async def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._jobs.put((-1, -1, None, None))  # before anything still queued
 
 
 class HttpEmbedder(Embedder):
@@ -135,7 +178,7 @@ class HttpEmbedder(Embedder):
         self.dim = dim
         self._pool = pool
 
-    async def embed(self, texts: list[str]) -> np.ndarray:
+    async def embed(self, texts: list[str], priority: int = LOOKUP) -> np.ndarray:
         import orjson
 
         body = {"model": self.name, "input": texts, "encoding_format": "float"}
