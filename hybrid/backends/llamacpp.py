@@ -9,6 +9,7 @@ stopping criterion ends generation at the next token and the context goes back t
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import re
@@ -363,3 +364,8 @@ class _Slot:
             emit(exc)
         finally:
             emit(_END)
+            # A completion leaves about 3 MB of native buffers behind garbage that only a full collection finds,
+            # and a local request allocates too few objects to reach the server's raised GC threshold: without
+            # this, 300 small requests grew the process from 413 to 1,323 MB (flat at 428 MB with it). After
+            # gc.freeze the collected heap is small: 0.19 ms p50, 0.25 ms max (docs/design.md).
+            gc.collect()
