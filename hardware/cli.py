@@ -9,7 +9,14 @@ import sys
 
 from hardware.configfile import write_local_tier
 from hardware.nvml import RecordedNvml
-from hardware.plan import AssumedGpus, assume_gpu, make_plan, measure_bandwidth, measure_bundled_tokens_per_s, parse_memory
+from hardware.plan import (
+    AssumedGpus,
+    assume_gpu,
+    make_plan,
+    measure_bandwidth,
+    measure_bundled_tokens_per_s,
+    parse_memory,
+)
 from hardware.probe import probe
 from hardware.report import format_plan, format_report
 from hardware.sizing import size_for_cpu
@@ -28,14 +35,16 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        nvml = RecordedNvml.from_file(args.nvml_recording) if args.nvml_recording else None
+        nvml: RecordedNvml | _Failing | None = (
+            RecordedNvml.from_file(args.nvml_recording) if args.nvml_recording else None
+        )
     except Exception as exc:  # noqa: BLE001 - a recording that says "error" is a CPU-only box
         from hardware.nvml import NvmlUnavailable
 
         if not isinstance(exc, NvmlUnavailable):
             raise
         nvml = _Failing(str(exc))
-    report = probe(nvml=nvml)  # type: ignore[arg-type]
+    report = probe(nvml=nvml)
     assumed: AssumedGpus | None = None
     if args.assume_gpu:
         assumed = assume_gpu(args.assume_gpu, args.count)
@@ -77,7 +86,7 @@ class _Failing:
     def __init__(self, message: str) -> None:
         self.message = message
 
-    def devices(self):  # type: ignore[no-untyped-def]
+    def devices(self):
         from hardware.nvml import NvmlUnavailable
 
         raise NvmlUnavailable(self.message)

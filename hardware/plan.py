@@ -156,6 +156,7 @@ def measure_bundled_tokens_per_s(seconds: float = 3.0, threads: int | None = Non
         tokens, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
             out = llm.create_completion("Once upon a time", max_tokens=64, temperature=0.8, seed=tokens)
+            assert isinstance(out, dict)  # not streamed: one answer
             tokens += out["usage"]["completion_tokens"]
         return tokens / (time.perf_counter() - start)
     finally:

@@ -79,7 +79,7 @@ class HardwareReport:
 
 
 def _cpu_flags() -> tuple[str, set[str]]:
-    model, flags = platform.processor() or platform.machine(), set()
+    model, flags = platform.processor() or platform.machine(), set[str]()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
@@ -107,7 +107,7 @@ def probe_cpu() -> CpuInfo:
 
 def probe(nvml: NvmlSource | None = None, cache_dir: str | Path | None = None) -> HardwareReport:
     """Probe this machine. ``nvml`` replaces the driver (tests pass a :class:`~hardware.nvml.RecordedNvml`)."""
-    from hybrid.backends.gguf import cache_dir as default_cache
+    from hybrid.paths import cache_dir as default_cache
 
     disk_path = Path(cache_dir) if cache_dir else default_cache()
     existing = disk_path

@@ -122,10 +122,10 @@ def size_for_gpu(
         longest = model.context
     max_len = min(model.context, longest)
     concurrency = min(max_num_seqs, int(kv_budget / per_seq))
-    fits = max_len >= min(min_context, model.context) and concurrency >= 1
+    ok = max_len >= min(min_context, model.context) and concurrency >= 1
     return GpuFit(
         model.id, dtype, kv_dtype, tp, memory_per_gpu, weights, overhead, kv_budget, full_tok, kv_tokens, max_len,
-        concurrency, typical, fits, "" if fits else f"only {max_len} tokens of context fit",
+        concurrency, typical, ok, "" if ok else f"only {max_len} tokens of context fit",
     )
 
 

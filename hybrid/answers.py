@@ -7,12 +7,13 @@ client asked for.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from hybrid.cache.cache import CacheLookup, replay_chunks
 from hybrid.errors import HybridError, UpstreamError
-from hybrid.protocol import Chunk, InferenceRequest, make_usage, make_usage_chunk
+from hybrid.protocol import Chunk, InferenceRequest, make_usage_chunk
 from hybrid.routing.decision import RouteDecision, Target
 
 log = logging.getLogger("hybrid.answers")
@@ -35,36 +36,56 @@ class RequestContext:
         return "chatcmpl-" + self.request_id
 
 
+@dataclass
+class Flight:
+    """One request while the gateway answers it: the one place its per-request state lives."""
+
+    req: InferenceRequest
+    ctx: RequestContext
+    decision: RouteDecision
+    lookup: CacheLookup | None = None  # the cache lookup whose miss this answer may fill
+    charged_tokens: int = 0  # rate-limit tokens charged up front, settled when the answer is done
+    failures: list[str] = field(default_factory=list)  # "backend(why)" for each target passed over
+
+    @property
+    def keeps_chunks(self) -> bool:
+        """Whether a complete answer is to be stored in the cache (so its chunks are kept as they pass)."""
+        return self.lookup is not None and self.lookup.policy.write
+
+
+class Settlement(Protocol):
+    """What an answer reports to when its usage is unknown and when it is over (the gateway)."""
+
+    async def count_usage(self, answer: Answer, text: str) -> dict[str, int]:
+        """Usage counted by the router, for an upstream that sent none."""
+
+    def settle(self, answer: Answer, outcome: bool | None, error: HybridError | None, chunks: list[Chunk] | None) -> None:
+        """The answer is over: ``outcome`` True (complete: ``chunks`` when kept), False (failed: ``error``) or
+        None (the consumer went away: says nothing about the backend)."""
+
+
 class Answer:
     """A backend's answer, with its first chunk already in hand."""
 
     def __init__(
         self,
-        req: InferenceRequest,
-        ctx: RequestContext,
+        flight: Flight,
         target: Target,
-        decision: RouteDecision,
         index: int,
         reason: str,
         first: Chunk,
-        rest: AsyncIterator[Chunk],
-        count: Callable[[InferenceRequest, str], Awaitable[tuple[int, int]]],
-        on_done: Callable[[bool | None, HybridError | None, dict[str, int] | None], None],
-        lookup: CacheLookup | None = None,
-        on_complete: Callable[[list[Chunk]], None] | None = None,
+        rest: AsyncGenerator[Chunk, None],
+        settlement: Settlement,
     ) -> None:
-        self.req = req
-        self.ctx = ctx
+        self.flight = flight
+        self.req = flight.req
+        self.ctx = flight.ctx
         self.target = target
-        self.decision = decision
-        self.index = index  # position of target in decision.targets: where a retry continues
+        self.index = index  # position of target in the decision's targets: where a retry continues
         self.reason = reason
         self._first: Chunk | None = first
         self._rest = rest
-        self._count = count
-        self._on_done = on_done
-        self.lookup = lookup
-        self._on_complete = on_complete  # gets every chunk of a complete answer (to cache it)
+        self._settlement = settlement
         self.usage: dict[str, int] | None = None
 
     @property
@@ -74,8 +95,9 @@ class Answer:
             "x-hybrid-backend": self.target.backend.name,
             "x-hybrid-route-reason": self.reason,
         }
-        if self.lookup is not None:
-            h.update(self.lookup.headers)
+        lookup = self.flight.lookup
+        if lookup is not None:
+            h.update(lookup.headers)
         else:  # the cache is off
             h["x-hybrid-cache"] = "bypass"
         return h
@@ -84,8 +106,9 @@ class Answer:
         """The answer's chunks under the router's id, always ending with a usage chunk."""
         cid = self.ctx.completion_id
         text: list[str] = []
-        kept: list[Chunk] | None = [] if self._on_complete is not None else None
-        outcome: tuple[bool, HybridError | None] | None = None
+        kept: list[Chunk] | None = [] if self.flight.keeps_chunks else None
+        outcome: bool | None = None
+        error: HybridError | None = None
         usage_sent = False
         received = size = 0
         try:
@@ -123,31 +146,23 @@ class Answer:
             if not usage_sent:
                 if self.usage is None:
                     # the upstream sent none: count ourselves so include_usage and the ledger always work
-                    prompt, completion = await self._count(self.req, "".join(text))
-                    self.usage = make_usage(prompt, completion)
+                    self.usage = await self._settlement.count_usage(self, "".join(text))
                 usage_chunk = make_usage_chunk(cid, self.target.model, self.usage)
                 if kept is not None:
                     kept.append(usage_chunk)
                 yield usage_chunk
-            outcome = (True, None)
-            if kept is not None and self._on_complete is not None:
-                self._on_complete(kept)
+            outcome = True
         except HybridError as err:
-            outcome = (False, err)
+            outcome, error = False, err
             raise
         except Exception as exc:
             failure = UpstreamError(f"Backend '{self.target.backend.name}' failed: {type(exc).__name__}")
             log.exception("backend %s failed mid-answer", self.target.backend.name)
-            outcome = (False, failure)
+            outcome, error = False, failure
             raise failure from exc
         finally:
-            aclose = getattr(self._rest, "aclose", None)
-            if aclose is not None:
-                await aclose()
-            if outcome is not None:
-                self._on_done(outcome[0], outcome[1], self.usage)
-            else:  # the consumer went away: neither the backend's success nor its failure
-                self._on_done(None, None, self.usage)
+            await self._rest.aclose()
+            self._settlement.settle(self, outcome, error, kept if outcome else None)
 
 
 class CachedAnswer:

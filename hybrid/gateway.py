@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import AsyncGenerator
 
-from hybrid.answers import Answer, CachedAnswer, RequestContext
+from hybrid.answers import Answer, CachedAnswer, Flight, RequestContext
 from hybrid.backends.base import Backend, BackendState
 from hybrid.cache.cache import CacheLookup, ResponseCache
 from hybrid.config import Config
@@ -27,12 +28,11 @@ from hybrid.errors import (
     UpstreamError,
 )
 from hybrid.limits import RateLimiter
-from hybrid.protocol import Chunk, InferenceRequest, assemble
+from hybrid.protocol import Chunk, InferenceRequest, assemble, make_usage
 from hybrid.routing.breaker import CircuitBreaker
-from hybrid.routing.decision import RouteDecision
-from hybrid.routing.policy import AutoPolicy
+from hybrid.routing.decision import RouteDecision, Target
 from hybrid.routing.resolver import AUTO, ModelResolver
-from hybrid.routing.scoring import load_scorer
+from hybrid.routing.router import Router
 
 log = logging.getLogger("hybrid.gateway")
 
@@ -46,13 +46,11 @@ class Gateway:
         self.cache = cache
         self.resolver = ModelResolver(backends)
         rc = config.routing
-        self.policy = AutoPolicy(rc, load_scorer(rc.scorer), self.resolver.tiers)
+        self.router = Router(rc, self.resolver)
         self.breakers = {
             b.name: CircuitBreaker(failure_threshold=rc.failure_threshold, cooldown_s=rc.cooldown_s) for b in backends
         }
         self.limiter = RateLimiter(config.limits.requests_per_min, config.limits.tokens_per_min)
-        # the tokenizer used for backends without one (e.g. a cloud API): the first local model's
-        self._tokenizer: Backend | None = None
 
     async def start(self) -> None:
         for b in self.backends:
@@ -63,7 +61,8 @@ class Gateway:
                 log.error("backend %s failed to start: %s", b.name, exc)
                 raise
         self.resolver.refresh_models()
-        self._tokenizer = next((b for b in self.backends if b.kind == "llamacpp"), None)
+        # backends without a tokenizer of their own (a cloud API) are counted with the first local model's
+        self.router.tokenizer = next((b for b in self.backends if b.kind == "llamacpp"), None)
         if self.cache is not None:
             await self.cache.start()
 
@@ -76,56 +75,8 @@ class Gateway:
             except Exception:  # pragma: no cover - best effort at shutdown
                 log.exception("backend %s failed to stop", b.name)
 
-    # ------------------------------------------------------------------------------------------ counting
-
-    async def count_prompt_tokens(self, req: InferenceRequest) -> int | None:
-        if self._tokenizer is None:
-            return None
-        return await self._tokenizer.count_prompt_tokens(req)
-
-    async def _count_usage(self, backend: Backend, req: InferenceRequest, text: str) -> tuple[int, int]:
-        counter = backend if backend.kind == "llamacpp" else self._tokenizer
-        prompt = await counter.count_prompt_tokens(req) if counter is not None else None
-        completion = counter.count_text_tokens(text) if counter is not None else None
-        return (
-            prompt if prompt is not None else max(1, len(req.text()) // 4),
-            completion if completion is not None else (len(text) + 3) // 4,
-        )
-
-    # ------------------------------------------------------------------------------------------ routing
-
     async def route(self, req: InferenceRequest, ctx: RequestContext) -> RouteDecision:
-        header_tier = ctx.headers.get("x-hybrid-tier")
-        if header_tier:
-            return self._tier_decision(header_tier, "header", overflow=False)
-        name = req.model
-        if name == AUTO and self.config.routing.default != AUTO:
-            return self._tier_decision(self.config.routing.default, "default", overflow=True)
-        if name == AUTO:
-            simple = self.policy.simple
-            ctx_len = min((b.context for b in self.resolver.by_tier.get(simple, []) if b.context), default=0)
-            counter = self._tokenizer.count_text_tokens if self._tokenizer is not None else None
-            choice = await self.policy.choose(req, ctx_len, self.count_prompt_tokens, counter)
-            decision = self._tier_decision(choice.tier, choice.reason, overflow=True)
-            decision.auto = True
-            if choice.prompt_tokens is not None:
-                decision.prompt_tokens = choice.prompt_tokens
-            return decision
-        if self.resolver.is_tier(name):
-            return self._tier_decision(name, "explicit-tier", overflow=False)
-        return RouteDecision(self.resolver.explicit(name), reason="explicit-model", can_overflow=False)
-
-    def _tier_decision(self, tier: str, reason: str, overflow: bool) -> RouteDecision:
-        """The tier's backends, then the other tiers in ``routing.fallbacks`` order.
-
-        Only a tier the router chose may overflow to the next one when busy; a tier the client named waits its turn
-        (it still falls back when its backends fail)."""
-        primary = self.resolver.explicit(tier)
-        targets = list(primary)
-        for other in self.config.routing.fallbacks:
-            if other != tier and self.resolver.is_tier(other):
-                targets.extend(self.resolver.tier_targets(other))
-        return RouteDecision(targets, reason=reason, primary=len(primary), can_overflow=overflow)
+        return await self.router.route(req, ctx.headers.get("x-hybrid-tier"))
 
     # ------------------------------------------------------------------------------------------ dispatch
 
@@ -133,7 +84,8 @@ class Gateway:
         """Look up the cache; else admit, route and dispatch, returning with the first chunk in hand."""
         lookup: CacheLookup | None = None
         if self.cache is not None:
-            lookup = await self.cache.lookup(req, ctx.tenant, ctx.cache_control, ctx.headers.get("x-hybrid-cache-namespace"),
+            lookup = await self.cache.lookup(req, ctx.tenant, ctx.cache_control,
+                                             ctx.headers.get("x-hybrid-cache-namespace"),
                                              ctx.headers.get("x-hybrid-tier", ""))
             if lookup.hit:
                 return CachedAnswer(req, ctx, lookup, self.cache.store.name)
@@ -142,10 +94,18 @@ class Gateway:
             # every choice is generated: n of them cost n times the output
             est = len(req.text()) // 4 + (req.max_tokens or DEFAULT_OUTPUT_ESTIMATE) * req.n
             charged = self.limiter.admit(ctx.tenant, est)
-        decision = await self.route(req, ctx)
-        decision.charged_tokens = charged
-        decision.lookup = lookup
-        return await self._dispatch(req, ctx, decision, 0)
+        try:
+            decision = await self.route(req, ctx)
+            flight = Flight(req, ctx, decision, lookup, charged)
+        except BaseException:
+            self._refund(ctx, charged)
+            raise
+        try:
+            return await self._dispatch(flight, 0)
+        except BaseException:
+            self._refund(ctx, flight.charged_tokens)
+            flight.charged_tokens = 0
+            raise
 
     async def complete(self, req: InferenceRequest, ctx: RequestContext) -> tuple[Answer | CachedAnswer, list[Chunk]]:
         """A whole (non-streamed) answer: a backend that breaks off mid-answer still falls back."""
@@ -156,129 +116,150 @@ class Gateway:
             try:
                 return answer, [c async for c in answer.chunks()]
             except HybridError as err:
-                nxt = answer.index + 1
-                if not err.retryable or nxt >= len(answer.decision.targets):
+                flight, nxt = answer.flight, answer.index + 1
+                if not err.retryable or nxt >= len(flight.decision.targets):
                     raise
-                answer.decision.failures.append(f"{answer.target.backend.name}({err.status_code})")
-                answer = await self._dispatch(req, ctx, answer.decision, nxt)
+                flight.failures.append(f"{answer.target.backend.name}({err.status_code})")
+                answer = await self._dispatch(flight, nxt)
 
-    async def _dispatch(self, req: InferenceRequest, ctx: RequestContext, decision: RouteDecision, start: int) -> Answer:
-        targets = decision.targets
+    async def _dispatch(self, flight: Flight, start: int) -> Answer:
+        """The first target from ``start`` on that can take the request and sends a first chunk."""
+        targets = flight.decision.targets
         if not targets:
             raise ServiceUnavailableError("No backend is configured for this route.")
-        overflow_wait = self.config.routing.overflow_wait_s
         last: HybridError | None = None
         overflowed: list[str] = []
         for i in range(start, len(targets)):
             target = targets[i]
-            backend = target.backend
-            breaker = self.breakers[backend.name]
             has_next = i + 1 < len(targets)
-            if backend.state is not BackendState.UP:
-                last = ServiceUnavailableError(f"Backend '{backend.name}' is {backend.state.value}.")
-                decision.failures.append(f"{backend.name}({backend.state.value})")
+            skip = self._pass_over(flight, target, has_next)
+            if skip is not None:
+                why, err = skip
+                if why.startswith("wait="):  # busy, not failing: said apart in the route reason
+                    overflowed.append(f"{target.backend.name}({why})")
+                else:
+                    flight.failures.append(f"{target.backend.name}({why})")
+                last = err or last
                 continue
-            if breaker.cooling():
-                last = ServiceUnavailableError(
-                    f"Backend '{backend.name}' is cooling down after failures.",
-                    headers={"retry-after": str(max(1, int(breaker.retry_after_s() + 0.999)))},
-                )
-                decision.failures.append(f"{backend.name}(cooling)")
-                continue
-            if decision.prompt_tokens and backend.context and decision.prompt_tokens + (req.max_tokens or 1) > backend.context and has_next:
-                decision.failures.append(f"{backend.name}(context)")
-                continue
-            load = backend.load()
-            if backend.hard_concurrency_limit and load.capacity and load.in_flight >= load.capacity:
-                # at its configured concurrency: the next target takes it, or the client hears 429
-                decision.failures.append(f"{backend.name}(busy)")
-                last = RateLimitError(
-                    f"Backend '{backend.name}' is at its concurrency limit of {load.capacity}.",
-                    retry_after_s=max(1.0, load.service_time_s),
-                )
-                continue
-            if decision.can_overflow and has_next:
-                wait = load.estimated_wait_s()
-                if wait > overflow_wait:
-                    overflowed.append(f"{backend.name}(wait={wait:.1f}s)")
-                    continue
-            try:
-                backend.check(req)
-            except InvalidRequestError as err:
-                if decision.auto and has_next:  # auto may pick a tier that can do it
-                    decision.failures.append(f"{backend.name}(unsupported:{err.param})")
-                    last = err
-                    continue
-                raise
-            if not breaker.allow():
-                decision.failures.append(f"{backend.name}(probing)")
-                continue
-            stream = backend.stream(req, target.model)
-            try:
-                first = await stream.__anext__()
-            except StopAsyncIteration:
-                breaker.record_failure()
-                last = UpstreamError(f"Backend '{backend.name}' returned an empty answer.")
-                decision.failures.append(f"{backend.name}(empty)")
-                continue
-            except HybridError as err:
-                await stream.aclose()
-                if not err.retryable:
-                    breaker.record_success()  # it answered: the request was at fault
-                    raise
-                breaker.record_failure(err.retry_after_s if isinstance(err, RateLimitError) else None)
-                log.warning("backend %s failed before the first byte: %s", backend.name, err.message)
-                last = err
-                decision.failures.append(f"{backend.name}({err.status_code})")
-                continue
-            except BaseException:
-                breaker.release_probe()
-                await stream.aclose()
-                raise
-            reason = decision.reason
-            if overflowed:
-                reason += ";overflow:" + ",".join(overflowed)
-            if i >= decision.primary or decision.failures:
-                reason += ";fallback:" + ",".join(decision.failures) if decision.failures else ";fallback"
-            lookup = decision.lookup
-            store = None
-            if self.cache is not None and lookup is not None and lookup.policy.write:
-                cache = self.cache
-                store = lambda chunks: cache.store_answer(req, lookup, assemble(chunks, req.kind))  # noqa: E731
-            return Answer(
-                req, ctx, target, decision, i, reason, first, stream,
-                count=lambda r, t, b=backend: self._count_usage(b, r, t),
-                on_done=lambda ok, err, usage, b=breaker: self._done(ctx, decision, b, ok, err, usage),
-                lookup=lookup, on_complete=store,
-            )
+            opened = await self._open(flight, target)
+            if isinstance(opened, tuple):
+                first, stream = opened
+                return Answer(flight, target, i, self._reason(flight, i, overflowed), first, stream, self)
+            last = opened
         if overflowed and last is None:
-            # every target was busy: wait on the last one rather than fail
             raise ServiceUnavailableError("Every backend for this route is busy.")
         if last is None:
             last = ServiceUnavailableError("No backend could take this request.")
-        if isinstance(last, (UpstreamError, ServiceUnavailableError)) and decision.failures:
-            last.message += f" Tried: {', '.join(decision.failures)}."
+        if isinstance(last, (UpstreamError, ServiceUnavailableError)) and flight.failures:
+            last.message += f" Tried: {', '.join(flight.failures)}."
         raise last
 
-    def _done(
-        self,
-        ctx: RequestContext,
-        decision: RouteDecision,
-        breaker: CircuitBreaker,
-        ok: bool | None,
-        err: HybridError | None,
-        usage: dict[str, int] | None,
-    ) -> None:
-        if ok is None:  # abandoned by the client: says nothing about the backend
-            breaker.release_probe()
-        elif ok:
-            breaker.record_success()
-        elif err is None or err.retryable:
+    def _pass_over(self, flight: Flight, target: Target, has_next: bool) -> tuple[str, HybridError | None] | None:
+        """Why ``target`` is skipped without being asked (and the error to report if nothing else answers), or
+        ``None`` when it may be asked."""
+        req, backend = flight.req, target.backend
+        breaker = self.breakers[backend.name]
+        if backend.state is not BackendState.UP:
+            return backend.state.value, ServiceUnavailableError(f"Backend '{backend.name}' is {backend.state.value}.")
+        if breaker.cooling():
+            return "cooling", ServiceUnavailableError(
+                f"Backend '{backend.name}' is cooling down after failures.",
+                headers={"retry-after": str(max(1, int(breaker.retry_after_s() + 0.999)))},
+            )
+        prompt = flight.decision.prompt_tokens
+        if prompt and backend.context and prompt + (req.max_tokens or 1) > backend.context and has_next:
+            return "context", None
+        load = backend.load()
+        if backend.hard_concurrency_limit and load.capacity and load.in_flight >= load.capacity:
+            # at its configured concurrency: the next target takes it, or the client hears 429
+            return "busy", RateLimitError(
+                f"Backend '{backend.name}' is at its concurrency limit of {load.capacity}.",
+                retry_after_s=max(1.0, load.service_time_s),
+            )
+        if flight.decision.can_overflow and has_next:
+            wait = load.estimated_wait_s()
+            if wait > self.config.routing.overflow_wait_s:
+                return f"wait={wait:.1f}s", None
+        try:
+            backend.check(req)
+        except InvalidRequestError as err:
+            if flight.decision.auto and has_next:  # auto may pick a tier that can do it
+                return f"unsupported:{err.param}", err
+            raise
+        if not breaker.allow():
+            return "probing", None
+        return None
+
+    async def _open(self, flight: Flight, target: Target) -> tuple[Chunk, AsyncGenerator[Chunk, None]] | HybridError:
+        """Ask ``target``: its first chunk and the rest, or the retryable error that passes the turn on."""
+        backend = target.backend
+        breaker = self.breakers[backend.name]
+        stream = backend.stream(flight.req, target.model)
+        try:
+            return await stream.__anext__(), stream
+        except StopAsyncIteration:
             breaker.record_failure()
-        if self.limiter.enabled and decision.charged_tokens:
-            used = usage["total_tokens"] if usage else decision.charged_tokens
-            self.limiter.settle(ctx.tenant, decision.charged_tokens, used)
-            decision.charged_tokens = 0
+            flight.failures.append(f"{backend.name}(empty)")
+            return UpstreamError(f"Backend '{backend.name}' returned an empty answer.")
+        except HybridError as err:
+            await stream.aclose()
+            if not err.retryable:
+                breaker.record_success()  # it answered: the request was at fault
+                raise
+            breaker.record_failure(err.retry_after_s if isinstance(err, RateLimitError) else None)
+            log.warning("backend %s failed before the first byte: %s", backend.name, err.message)
+            flight.failures.append(f"{backend.name}({err.status_code})")
+            return err
+        except BaseException:
+            breaker.release_probe()
+            await stream.aclose()
+            raise
+
+    @staticmethod
+    def _reason(flight: Flight, index: int, overflowed: list[str]) -> str:
+        reason = flight.decision.reason
+        if overflowed:
+            reason += ";overflow:" + ",".join(overflowed)
+        if index >= flight.decision.primary or flight.failures:
+            reason += ";fallback:" + ",".join(flight.failures) if flight.failures else ";fallback"
+        return reason
+
+    # ------------------------------------------------------------------------------------------ settlement
+
+    async def count_usage(self, answer: Answer, text: str) -> dict[str, int]:
+        """Usage for an answer whose upstream sent none: the backend's own tokenizer, else the local model's,
+        else a rough count."""
+        backend, req = answer.target.backend, answer.req
+        counter = backend if backend.kind == "llamacpp" else self.router.tokenizer
+        prompt = await counter.count_prompt_tokens(req) if counter is not None else None
+        completion = counter.count_text_tokens(text) if counter is not None else None
+        return make_usage(
+            prompt if prompt is not None else max(1, len(req.text()) // 4),
+            completion if completion is not None else (len(text) + 3) // 4,
+        )
+
+    def settle(self, answer: Answer, outcome: bool | None, error: HybridError | None, chunks: list[Chunk] | None) -> None:
+        """An answer is over: the breaker hears how the backend did, the rate limit its real usage, and the cache
+        a complete answer."""
+        flight = answer.flight
+        breaker = self.breakers[answer.target.backend.name]
+        if outcome is None:  # abandoned by the client: says nothing about the backend
+            breaker.release_probe()
+        elif outcome:
+            breaker.record_success()
+        elif error is None or error.retryable:
+            breaker.record_failure()
+        if flight.charged_tokens:
+            used = answer.usage["total_tokens"] if answer.usage else flight.charged_tokens
+            self.limiter.settle(flight.ctx.tenant, flight.charged_tokens, used)
+            flight.charged_tokens = 0
+        if chunks is not None and self.cache is not None and flight.lookup is not None:
+            self.cache.store_answer(flight.req, flight.lookup, assemble(chunks, flight.req.kind))
+
+    def _refund(self, ctx: RequestContext, charged: int) -> None:
+        """No answer came: the tokens charged up front go back (the request itself still counts)."""
+        if charged:
+            self.limiter.settle(ctx.tenant, charged, 0)
 
     # ------------------------------------------------------------------------------------------ listing
 

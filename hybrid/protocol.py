@@ -61,7 +61,7 @@ class InferenceRequest:
         text = self.memo.get("text")
         if text is None:
             text = self.memo["text"] = "\n".join(content_text(m.get("content")) for m in self.messages)
-        return text  # type: ignore[no-any-return]
+        return text
 
 
 def content_text(content: Any) -> str:

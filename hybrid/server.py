@@ -306,12 +306,12 @@ class HybridApp:
             Route("/health", self.health, methods=["GET"]),
             Route("/ready", self.ready, methods=["GET"]),
         ]
-        app = Starlette(
-            routes=routes,
-            lifespan=self.lifespan,
-            exception_handlers={HybridError: _on_hybrid_error, HTTPException: _on_http_error, Exception: _on_crash},
-        )
-        hot = {("POST", "/v1/chat/completions"): self.chat_completions, ("POST", "/v1/completions"): self.completions}
+        # our handlers answer with JSONResponse, an ASGI app of its own rather than a Starlette Response
+        handlers: dict[Any, Any] = {HybridError: _on_hybrid_error, HTTPException: _on_http_error, Exception: _on_crash}
+        app = Starlette(routes=routes, lifespan=self.lifespan, exception_handlers=handlers)
+        hot: dict[tuple[str, str], Handler] = {
+            ("POST", "/v1/chat/completions"): self.chat_completions, ("POST", "/v1/completions"): self.completions,
+        }
         server = self.config.server
         return RequestMiddleware(app, server.api_keys, hot, server.teams, server.tenant_secret,
                                  status_public=server.status_access == "public")

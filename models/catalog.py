@@ -68,7 +68,7 @@ class Catalog:
     def __contains__(self, model_id: object) -> bool:
         return model_id in self._by_id
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self):
         return iter(self.models)
 
 

@@ -92,8 +92,8 @@ async def semantic_latency(embedder, entries: int) -> list[str]:  # type: ignore
     pairs = [p for p in load_pairs() if p[0] == "paraphrase"]
     stored = [f"user: {a}" for _, a, _ in pairs]
     real = embedder.embed_sync(stored)
-    from hybrid.cache.policy import decide
     from hybrid.cache.keys import params_key
+    from hybrid.cache.policy import decide
 
     probe = parse_chat_request({"model": "auto", "messages": [{"role": "user", "content": "x"}], "temperature": 0})
     policy = decide(probe, "bench", None, None, cfg.ttl_s, True, [])

@@ -11,7 +11,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import psutil
 import pytest
 
@@ -140,7 +139,8 @@ model = "gemma-3-270m"
 context = 512
 threads = 1
 """
-    from tests.procs import ManagedProcess as MP, free_port
+    from tests.procs import ManagedProcess as MP
+    from tests.procs import free_port
 
     port = free_port()
     cfg = tmp_path / "loading.toml"

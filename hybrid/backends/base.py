@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 
 from hybrid.config import BackendConfig
@@ -83,5 +83,6 @@ class Backend(abc.ABC):
         return BackendLoad(in_flight=0, waiting=0, capacity=0, service_time_s=0.0)
 
     @abc.abstractmethod
-    def stream(self, req: InferenceRequest, model: str) -> AsyncIterator[Chunk]:
-        """Answer ``req`` with ``model`` as a stream of chunks, ending with a usage chunk."""
+    def stream(self, req: InferenceRequest, model: str) -> AsyncGenerator[Chunk, None]:
+        """Answer ``req`` with ``model`` as a stream of chunks, ending with a usage chunk (an async generator:
+        the gateway closes it when the answer is over, whoever ends it)."""

@@ -66,7 +66,7 @@ def jinja_formatter(template: str, eos_token: str, bos_token: str) -> ChatFormat
     fmt = Jinja2ChatFormatter(template=template, eos_token=eos_token, bos_token=bos_token)
 
     def _format(messages: list[dict[str, Any]]) -> FormattedPrompt:
-        res = fmt(messages=messages)
+        res = fmt(messages=messages)  # type: ignore[arg-type]  # OpenAI-shaped dicts, as its TypedDicts describe
         stop = res.stop if isinstance(res.stop, list) else ([res.stop] if res.stop else [])
         prompt = res.prompt
         if bos_token and prompt.startswith(bos_token):  # llama.cpp adds BOS itself

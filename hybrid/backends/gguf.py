@@ -7,21 +7,11 @@ import tempfile
 from pathlib import Path
 
 from hybrid.config import BUNDLED_MODEL, ConfigError
+from hybrid.paths import cache_dir, data_dir
+
+__all__ = ["bundled_model_path", "cache_dir", "data_dir", "resolve_gguf"]
 
 BUNDLED_ALIASES = frozenset({BUNDLED_MODEL, "gemma-3-270m-q4_k_m", "gemma3-270m"})
-
-
-def cache_dir() -> Path:
-    """Where assembled models live (``HYBRID_CACHE_DIR``, default ``~/.cache/hybrid``)."""
-    base = os.environ.get("HYBRID_CACHE_DIR")
-    return Path(base) if base else Path.home() / ".cache" / "hybrid"
-
-
-def data_dir() -> Path:
-    """Where the router keeps its own state, the response cache among it (``HYBRID_DATA_DIR``, default the
-    cache folder)."""
-    base = os.environ.get("HYBRID_DATA_DIR")
-    return Path(base) if base else cache_dir()
 
 
 def bundled_model_path() -> Path:

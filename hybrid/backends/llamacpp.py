@@ -15,7 +15,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -217,7 +217,7 @@ class LlamaCppBackend(Backend):
             else:
                 tokens = self._tokenize(segments)
             memo = req.memo[key] = (tokens, stop)
-        return memo  # type: ignore[no-any-return]
+        return memo
 
     async def count_prompt_tokens(self, req: InferenceRequest) -> int | None:
         if self._vocab is None:
@@ -229,7 +229,7 @@ class LlamaCppBackend(Backend):
             return None
         return len(self._vocab.tokenize(text.encode("utf-8"), add_bos=False, special=False))
 
-    async def stream(self, req: InferenceRequest, model: str) -> AsyncIterator[Chunk]:
+    async def stream(self, req: InferenceRequest, model: str) -> AsyncGenerator[Chunk, None]:
         if self.state is not BackendState.UP or self._pool is None or self._executor is None:
             raise ServiceUnavailableError(f"Backend '{self.name}' is {self.state.value}.")
         self.check(req)

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import ssl
 import time
-from collections.abc import AsyncIterator
-from urllib.parse import urlsplit
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import orjson
 
@@ -30,30 +27,9 @@ from hybrid.errors import (
     error_for_status,
 )
 from hybrid.protocol import Chunk, InferenceRequest, chunk_problem, completion_to_chunk, from_text_completion_chunk
+from hybrid.upstream import upstream_pool
 
 log = logging.getLogger("hybrid.openai")
-
-
-def upstream_pool(cfg: BackendConfig, url: str, name: str, headers: dict[str, str] | None = None) -> http1.Pool:
-    """Connections to ``url`` as a backend's config says: JSON requests with its key (``api_key_env``) as a bearer
-    token, its connect timeout, CA file and proxy (its own ``proxy``, else the environment's, unless "none")."""
-    headers = {"content-type": "application/json", **(headers or {})}
-    if cfg.api_key_env:
-        key = os.environ.get(cfg.api_key_env)
-        if key:
-            headers["authorization"] = f"Bearer {key}"
-        else:
-            log.warning("%s: %s is not set; sending no API key", name, cfg.api_key_env)
-    context = None
-    if cfg.ca_file:
-        context = ssl.create_default_context()
-        context.load_verify_locations(os.path.expanduser(cfg.ca_file))
-    proxy = None if cfg.proxy == "none" else cfg.proxy or http1.proxy_from_environment(url)
-    if proxy:
-        log.info("%s: %s through the proxy %s", name, url, urlsplit(proxy).netloc.rpartition("@")[2])
-    return http1.Pool(url, headers=headers, connect_timeout_s=cfg.connect_timeout_s, ssl_context=context,
-                      name=name, proxy=proxy, max_connections=cfg.max_connections,
-                      read_timeout_s=cfg.read_timeout_s)
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -139,7 +115,7 @@ class OpenAIBackend(Backend):
             service_time_s=self._service_s,
         )
 
-    async def stream(self, req: InferenceRequest, model: str) -> AsyncIterator[Chunk]:
+    async def stream(self, req: InferenceRequest, model: str) -> AsyncGenerator[Chunk, None]:
         pool = self._pool
         if pool is None:
             raise ServiceUnavailableError(f"Backend '{self.name}' is not started.")

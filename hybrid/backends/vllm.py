@@ -20,10 +20,11 @@ import orjson
 
 from hybrid import http1
 from hybrid.backends.base import BackendLoad, BackendState
-from hybrid.backends.openai import OpenAIBackend, upstream_pool
+from hybrid.backends.openai import OpenAIBackend
 from hybrid.backends.process import ManagedServer
 from hybrid.backends.vllm_metrics import VllmMetrics, parse_vllm_metrics
 from hybrid.config import BackendConfig
+from hybrid.upstream import upstream_pool
 
 log = logging.getLogger("hybrid.vllm")
 
@@ -174,7 +175,9 @@ class VllmBackend(OpenAIBackend):
             self._served = ids
             if self.on_models_changed is not None:
                 self.on_models_changed()
-        lens = [m.get("max_model_len") for m in data if isinstance(m, dict) and isinstance(m.get("max_model_len"), int)]
+        lens: list[int] = [
+            m["max_model_len"] for m in data if isinstance(m, dict) and isinstance(m.get("max_model_len"), int)
+        ]
         if lens:
             self._max_model_len = max(lens)
 

@@ -221,7 +221,7 @@ def build_cache(config: Config) -> ResponseCache | None:
             if cfg.embedder == "local":
                 embedder = LocalMiniLM()
             else:
-                from hybrid.backends.openai import upstream_pool
+                from hybrid.upstream import upstream_pool
 
                 b = config.backend(cfg.embedder)
                 model = cfg.embedding_model or (b.models[0] if b.models else "")
@@ -235,8 +235,8 @@ def build_cache(config: Config) -> ResponseCache | None:
 
         store = RedisCacheStore(cfg.redis_url, cfg.redis_prefix, dim=dim, semantic=embedder is not None)
     else:
-        from hybrid.backends.gguf import data_dir
         from hybrid.cache.sqlite_store import SqliteCacheStore
+        from hybrid.paths import data_dir
 
         path = Path(cfg.path).expanduser() if cfg.path else data_dir() / "cache.sqlite3"
         store = SqliteCacheStore(path, cfg.max_entries, dim=dim, semantic=embedder is not None)

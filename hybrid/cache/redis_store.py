@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import orjson
+from redis.typing import EncodableT, FieldT
 
 from hybrid.cache.store import CacheEntry, CacheStore, cosine
 
@@ -72,7 +73,7 @@ class RedisCacheStore(CacheStore):
         data = await self.r.hgetall(self.prefix + key)
         return self._entry(key, data) if data else None
 
-    def _entry(self, key: str, data: dict[bytes, bytes]) -> CacheEntry | None:
+    def _entry(self, key: str, data: Mapping[Any, Any]) -> CacheEntry | None:
         try:
             answer = orjson.loads(data[b"answer"])
         except (KeyError, orjson.JSONDecodeError):
@@ -85,7 +86,7 @@ class RedisCacheStore(CacheStore):
         )
 
     async def put(self, entry: CacheEntry) -> None:
-        mapping: dict[str, Any] = {
+        mapping: dict[FieldT, EncodableT] = {
             "partition": entry.partition, "namespace": entry.namespace, "text": entry.text,
             "answer": orjson.dumps(entry.answer), "created": entry.created, "expires": entry.expires,
         }
@@ -139,7 +140,7 @@ class RedisCacheStore(CacheStore):
         return {"backend": "redis", "url": self.url, "entries": entries, "namespaces": namespaces,
                 "semantic": self.semantic}
 
-    async def export(self) -> AsyncIterator[dict[str, Any]]:  # type: ignore[override]
+    async def export(self) -> AsyncIterator[dict[str, Any]]:
         async for key in self._keys():
             data = await self.r.hgetall(key)
             entry = self._entry(_text(key)[len(self.prefix):], data) if data else None

@@ -9,8 +9,8 @@ SQLite at start, in the background: until it is ready the semantic layer misses.
 from __future__ import annotations
 
 import asyncio
-import os
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -218,7 +218,11 @@ class SqliteCacheStore(CacheStore):
 
     def _reply(self, fut: asyncio.Future[Any], value: Any) -> None:
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(value))
+        def reply() -> None:
+            if not fut.done():
+                fut.set_result(value)
+
+        self._loop.call_soon_threadsafe(reply)
 
     def _forget(self, keys: list[str]) -> None:
         if self.index is not None and keys and self._loop is not None:
@@ -325,7 +329,7 @@ class SqliteCacheStore(CacheStore):
                 "max_entries": self.max_entries, "file_bytes": size,
                 "indexed": len(self.index) if self.index is not None else 0, "semantic": self.semantic}
 
-    async def export(self) -> AsyncIterator[dict[str, Any]]:  # type: ignore[override]
+    async def export(self) -> AsyncIterator[dict[str, Any]]:
         assert self._read is not None
         for key, namespace, text, answer, created, expires in self._read.execute(
             "SELECT key, namespace, text, answer, created, expires FROM entries WHERE expires > ?", (time.time(),)

@@ -1,14 +1,13 @@
-"""The outcome of routing, as the gateway and the response headers see it."""
+"""The outcome of routing, as the gateway and the response headers see it: immutable once made."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from hybrid.backends.base import Backend
 
 
-@dataclass
+@dataclass(frozen=True)
 class Target:
     """One backend and the concrete model id to ask it for."""
 
@@ -20,20 +19,19 @@ class Target:
         return self.backend.tier
 
 
-@dataclass
+@dataclass(frozen=True)
 class RouteDecision:
     """The ordered targets to try (the chosen tier's first, then fallbacks) and the reason for the choice."""
 
-    targets: list[Target]
+    targets: tuple[Target, ...]
     reason: str
-    primary: int = 0  # how many of the targets belong to the chosen tier (the rest are fallbacks)
-    can_overflow: bool = True  # an explicit model id never overflows to another model
-    auto: bool = False
-    prompt_tokens: int | None = None
-    charged_tokens: int = 0  # rate-limit tokens charged up front, settled when the answer is done
-    failures: list[str] = field(default_factory=list)  # "backend(why)" for each target passed over
-    lookup: Any = None  # the cache lookup (a CacheLookup) whose miss this answer may fill
+    primary: int  # how many of the targets belong to the chosen tier (the rest are fallbacks)
+    can_overflow: bool = True  # only a tier the router chose may overflow; an explicit model id never does
+    auto: bool = False  # chosen by the auto policy: a target that cannot do the request is passed over
+    prompt_tokens: int | None = None  # counted while routing, with the local tokenizer
 
-    def __post_init__(self) -> None:
-        if not self.primary:
-            self.primary = len(self.targets)
+    @classmethod
+    def to(cls, targets: list[Target], reason: str, **kwargs: object) -> RouteDecision:
+        """All ``targets`` primary unless ``primary`` says otherwise."""
+        kwargs.setdefault("primary", len(targets))
+        return cls(tuple(targets), reason, **kwargs)  # type: ignore[arg-type]
