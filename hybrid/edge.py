@@ -5,7 +5,8 @@ turns a 100 MiB header into seconds of copying), no deadline for a request head,
 never finishes its head for ever. :class:`GuardedHttpToolsProtocol` adds, per connection:
 
 - a cap on the bytes of a request head (request line + headers): over it, ``431`` and the connection closes;
-- a deadline for a head, from the connection's first byte (or its opening) to the head's end: past it, ``408``;
+- a deadline for a head, from its first byte (or the connection's opening) to its end: past it, ``408`` (checked
+  once a second for all connections by one timer);
 - a cap on open connections for the whole server: at the cap a new connection evicts the connection that has
   been waiting longest for the rest of its head, else it is answered ``503`` and closed.
 
@@ -77,21 +78,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._in_head = True  # reading a request head (a fresh connection is about to send one)
+        self._waiting = True  # ...and the head's deadline runs (from the opening, or the head's first byte)
         self._head_bytes = 0
         self._tail = b""  # the last bytes of the head so far: a CRLFCRLF may span two reads
         self._head_since = time.monotonic()
-        self._head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if len(self.connections) > LIMITS.max_connections and not self._evict():
             self._refuse(503, "The server has too many open connections; try again shortly.")
             return
-        self._arm()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        super().connection_lost(exc)
+        _Sweeper.watch(self.loop, self.connections)
 
     def data_received(self, data: bytes) -> None:
         if self._in_head:
@@ -104,14 +101,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                     return
             self._head_bytes = total
             self._tail = data[-3:]
-            if self._head_timer is None:
+            if not self._waiting:
+                self._waiting = True
                 self._head_since = time.monotonic()
-                self._arm()
         super().data_received(data)
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
-        self._disarm()
+        self._in_head = self._waiting = False
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -123,23 +119,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     # ---------------------------------------------------------------- helpers
 
-    def _arm(self) -> None:
-        self._disarm()
-        self._head_timer = self.loop.call_later(LIMITS.head_timeout_s, self._head_expired)
-
-    def _disarm(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-
-    def _head_expired(self) -> None:
-        self._head_timer = None
-        if self._in_head and not self.transport.is_closing():
-            self._refuse(408, f"The request head did not arrive within {LIMITS.head_timeout_s:g}s.")
+    def _head_expired(self, now: float) -> bool:
+        return self._waiting and now - self._head_since > LIMITS.head_timeout_s
 
     def _refuse(self, status: int, message: str) -> None:
-        self._disarm()
-        self._in_head = False
+        self._in_head = self._waiting = False
         if not self.transport.is_closing():
             self.transport.write(_answer(status, message))
             self.transport.close()
@@ -167,3 +151,28 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return False
         oldest._refuse(408, "The connection was closed to make room: its request head was not complete.")
         return True
+
+
+class _Sweeper:
+    """One timer for the whole server, not one per request: every second it closes the connections whose head
+    is overdue (a timer armed and cancelled per request cost the pass-through path measurable time)."""
+
+    _handle: asyncio.TimerHandle | None = None
+    _connections: set[Any] | None = None
+
+    @classmethod
+    def watch(cls, loop: asyncio.AbstractEventLoop, connections: set[Any]) -> None:
+        cls._connections = connections
+        if cls._handle is None:
+            cls._handle = loop.call_later(1.0, cls._sweep, loop)
+
+    @classmethod
+    def _sweep(cls, loop: asyncio.AbstractEventLoop) -> None:
+        cls._handle = None
+        connections = cls._connections or set()
+        now = time.monotonic()
+        for conn in [c for c in connections if isinstance(c, GuardedHttpToolsProtocol) and c._head_expired(now)]:
+            if not conn.transport.is_closing():
+                conn._refuse(408, f"The request head did not arrive within {LIMITS.head_timeout_s:g}s.")
+        if connections:
+            cls._handle = loop.call_later(1.0, cls._sweep, loop)

@@ -95,7 +95,7 @@ class Gateway:
             est = len(req.text()) // 4 + (req.max_tokens or DEFAULT_OUTPUT_ESTIMATE) * req.n
             charged = self.limiter.admit(ctx.tenant, est)
         try:
-            decision = await self.route(req, ctx)
+            decision = await self.router.route(req, ctx.headers.get("x-hybrid-tier"))
             flight = Flight(req, ctx, decision, lookup, charged)
         except BaseException:
             self._refund(ctx, charged)

@@ -80,7 +80,7 @@ class Response:
     __slots__ = (
         "status", "headers", "_conn", "_loop", "_chunks", "_buffered", "_head_done", "complete", "_error",
         "_waiter", "_received", "_decoder", "_streaming", "_paused", "_released", "_timer", "_keep_alive",
-        "_decoded", "_last_data", "_read_timeout", "_read_timer",
+        "_decoded", "_last_data", "_read_timeout", "_deadline",
     )
 
     def __init__(self, conn: _Connection, loop: asyncio.AbstractEventLoop) -> None:
@@ -104,7 +104,7 @@ class Response:
         self._decoded = 0  # bytes a compressed body has inflated to so far
         self._last_data = 0.0  # loop time of the last bytes received
         self._read_timeout: float | None = None  # longest silence allowed between pieces of the answer
-        self._read_timer: asyncio.TimerHandle | None = None
+        self._deadline: float | None = None  # loop time by which the whole exchange must be over
 
     @property
     def content_type(self) -> str:
@@ -225,34 +225,39 @@ class Response:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._read_timer is not None:
-            self._read_timer.cancel()
-            self._read_timer = None
 
-    def _arm_read_timer(self) -> None:
-        """Check for silence every ``read_timeout`` seconds (one timer, not one per piece received)."""
-        assert self._read_timeout is not None
-        self._read_timer = self._loop.call_at(self._last_data + self._read_timeout, self._check_silence)
+    def _arm(self, now: float) -> None:
+        """One timer per answer, for both the deadline and the read timeout: it wakes at the earlier of the two
+        and re-arms itself while neither has passed (data arriving only moves a timestamp)."""
+        wake = self._deadline
+        if self._read_timeout is not None:
+            silent = (self._last_data if self._head_done else now) + self._read_timeout  # counts from the head
+            if wake is None or silent < wake:
+                wake = silent
+        if wake is not None:
+            self._timer = self._loop.call_at(wake, self._on_timer)
 
-    def _check_silence(self) -> None:
-        self._read_timer = None
+    def _on_timer(self) -> None:
+        self._timer = None
         if self.complete or self._error is not None or self._released:
             return
-        if self._paused or self._loop.time() - self._last_data < self._read_timeout:  # type: ignore[operator]
-            if self._paused:  # our consumer is slow, not the server: silence from then on does not count
-                self._last_data = self._loop.time()
-            self._arm_read_timer()
+        now = self._loop.time()
+        if self._deadline is not None and now >= self._deadline:
+            self._fail(RequestTimeout("the request did not finish before its deadline"))
             return
-        self._fail(ReadTimeout(f"the server sent nothing for {self._read_timeout:g}s"))
+        if self._read_timeout is not None and self._head_done:
+            if self._paused:  # our consumer is slow, not the server: that silence does not count
+                self._last_data = now
+            elif now - self._last_data >= self._read_timeout:
+                self._fail(ReadTimeout(f"the server sent nothing for {self._read_timeout:g}s"))
+                return
+        self._arm(now)
 
     def _fail(self, exc: BaseException) -> None:
         if self._error is None and not self.complete:
             self._error = exc
             self._conn.abort()
         self._wake()
-
-    def _expire(self) -> None:
-        self._fail(RequestTimeout("the request did not finish before its deadline"))
 
 
 class _Connection(asyncio.Protocol):
@@ -349,8 +354,7 @@ class _Connection(asyncio.Protocol):
             return
         resp._head_done = True
         if resp._read_timeout is not None:
-            resp._last_data = resp._loop.time()
-            resp._arm_read_timer()
+            resp._last_data = resp._loop.time()  # silence counts from here (the armed timer re-checks)
         resp._wake()
 
     def on_body(self, body: bytes) -> None:
@@ -375,9 +379,9 @@ class _Connection(asyncio.Protocol):
         self._head_bytes = 0
         self._head_tail = b""
         self._headers = 0
-        if deadline is not None:
-            resp._timer = loop.call_at(deadline, resp._expire)
-        resp._read_timeout = read_timeout  # armed once the head is in: the first byte has its own timeout
+        resp._deadline = deadline
+        resp._read_timeout = read_timeout  # counts once the head is in: the first byte has its own timeout
+        resp._arm(loop.time())
         assert self.transport is not None
         self.transport.write(data)
         return resp

@@ -331,40 +331,44 @@ def chunk_problem(chunk: Any) -> str | None:
 
     Only what the router reads is checked: ``choices`` a list of objects with an integer ``index``, a ``delta``
     or ``message`` object whose ``content`` is a string or null, a string or null ``finish_reason``, ``text`` for
-    legacy completions, and a ``usage`` object of integers."""
-    if not isinstance(chunk, dict):
+    legacy completions, and a ``usage`` object of integers. On every chunk of every answer, so exact types are
+    compared (JSON gives nothing else) rather than isinstance."""
+    if type(chunk) is not dict:
         return "not an object"
     choices = chunk.get("choices")
-    if choices is not None and not isinstance(choices, list):
-        return "'choices' is not an array"
-    for ch in choices or ():
-        if not isinstance(ch, dict):
-            return "a choice is not an object"
-        if not isinstance(ch.get("index", 0), int):
-            return "a choice's 'index' is not an integer"
-        finish = ch.get("finish_reason")
-        if finish is not None and not isinstance(finish, str):
-            return "a choice's 'finish_reason' is not a string"
-        if "text" in ch and ch["text"] is not None and not isinstance(ch["text"], str):
-            return "a choice's 'text' is not a string"
-        for part in ("delta", "message"):
-            inner = ch.get(part)
+    if choices is not None:
+        if type(choices) is not list:
+            return "'choices' is not an array"
+        for ch in choices:
+            if type(ch) is not dict:
+                return "a choice is not an object"
+            if type(ch.get("index", 0)) is not int:
+                return "a choice's 'index' is not an integer"
+            finish = ch.get("finish_reason")
+            if finish is not None and type(finish) is not str:
+                return "a choice's 'finish_reason' is not a string"
+            text = ch.get("text")
+            if text is not None and type(text) is not str:
+                return "a choice's 'text' is not a string"
+            inner = ch.get("delta")
             if inner is None:
-                continue
-            if not isinstance(inner, dict):
-                return f"a choice's '{part}' is not an object"
-            if inner.get("content") is not None and not isinstance(inner["content"], str):
-                return f"a choice's '{part}.content' is not a string"
+                inner = ch.get("message")
+                if inner is None:
+                    continue
+            if type(inner) is not dict:
+                return "a choice's 'delta' or 'message' is not an object"
+            content = inner.get("content")
+            if content is not None and type(content) is not str:
+                return "a choice's content is not a string"
             calls = inner.get("tool_calls")
-            if calls is not None and not (
-                isinstance(calls, list)
-                and all(isinstance(c, dict) and isinstance(c.get("function", {}), dict) for c in calls)
+            if calls is not None and (
+                type(calls) is not list or any(type(c) is not dict or type(c.get("function", {})) is not dict for c in calls)
             ):
-                return f"a choice's '{part}.tool_calls' is not an array of objects"
+                return "a choice's 'tool_calls' is not an array of objects"
     usage = chunk.get("usage")
-    if usage is not None and not (
-        isinstance(usage, dict)
-        and all(isinstance(usage.get(k, 0), int) for k in ("prompt_tokens", "completion_tokens", "total_tokens"))
+    if usage is not None and (
+        type(usage) is not dict
+        or any(type(usage.get(k, 0)) is not int for k in ("prompt_tokens", "completion_tokens", "total_tokens"))
     ):
         return "'usage' is not an object of token counts"
     return None
