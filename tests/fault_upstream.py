@@ -18,6 +18,7 @@ Hostile modes (what a compromised or broken upstream could send):
 - ``endlessline``: an SSE stream whose first line never ends
 - ``gzipbomb``: a gzip body that inflates to 1 GiB
 - ``bigerror``: a 500 with a 1 GiB body, its bytes sent counted
+- ``badshape``: an SSE event whose ``choices`` is a string
 - ``endless``: an SSE stream of valid events that never ends, as fast as the client reads it; ``GET /stats``
   counts the ones still running under ``endless-running``
 
@@ -149,6 +150,10 @@ async def complete(request: Request) -> Response:
         return Response(_gzip_bomb(), media_type="application/json", headers={"content-encoding": "gzip"})
     if mode == "bigerror":
         return StreamingResponse(_big_error(), status_code=500, media_type="text/plain")
+    if mode == "badshape":
+        event = {"id": "up-1", "object": "chat.completion.chunk", "created": 0, "model": "m", "choices": "abc"}
+        return StreamingResponse(iter([b"data: " + json.dumps(event).encode() + b"\n\n", b"data: [DONE]\n\n"]),
+                                 media_type="text/event-stream")
     if mode == "endless":
         return StreamingResponse(_endless(legacy), media_type="text/event-stream")
     if mode == "slow":

@@ -158,6 +158,25 @@ def test_tenants_are_isolated_and_teams_share(cached: ManagedProcess) -> None:
     assert h["x-hybrid-cache"] == "hit-exact"
 
 
+def test_reordering_keys_never_hands_one_tenants_answers_to_another(faults: ManagedProcess, tmp_path: Path) -> None:
+    """A tenant is a keyed hash of its key: after a restart with the keys reordered (and one removed), each key
+    finds its own entries and never another's (the scope was once the key's position in the list)."""
+    cache = f'path = "{tmp_path / "shared.sqlite3"}"\nsemantic = false'
+    first = start_router(_config(faults, cache, 'api_keys = ["key-a", "key-b"]'), tmp_path, key="key-a")
+    try:
+        _ask(first, "Whose answer is this?", key="key-a")
+        _wait_stored(first, 1)
+    finally:
+        first.stop()
+    second = start_router(_config(faults, cache, 'api_keys = ["key-b", "key-c", "key-a"]'), tmp_path, key="key-b")
+    try:
+        assert _ask(second, "Whose answer is this?", key="key-b")[0]["x-hybrid-cache"] == "miss"
+        assert _ask(second, "Whose answer is this?", key="key-c")[0]["x-hybrid-cache"] == "miss"
+        assert _ask(second, "Whose answer is this?", key="key-a")[0]["x-hybrid-cache"] == "hit-exact"
+    finally:
+        second.stop()
+
+
 def test_namespaces_are_separate(cached: ManagedProcess) -> None:
     _ask(cached, "Namespaced?", extra_headers={"x-hybrid-cache-namespace": "faq"})
     h, _ = _ask(cached, "Namespaced?", extra_headers={"x-hybrid-cache-namespace": "other"})

@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import sdk
 from tests.procs import ManagedProcess, start_router
 
-MODES = ["auth401", "bigheaders", "endlessline", "gzipbomb", "bigerror", "endless"]
+MODES = ["auth401", "bigheaders", "endlessline", "gzipbomb", "bigerror", "endless", "badshape"]
 
 
 def _backend(faults: ManagedProcess, mode: str, tier: str, name: str | None = None) -> str:
@@ -101,6 +101,13 @@ def test_an_event_line_without_end_neither_grows_nor_stalls_the_loop(hostile: Ma
     body = result[0].text
     assert result[0].status_code == 502 or '"error"' in body, body[:500]
     assert max(times) < 1.0, times  # the loop kept answering while the line grew
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_chunk_of_the_wrong_shape_is_a_502_not_a_crash(hostile: ManagedProcess, stream: bool) -> None:
+    r = _ask(hostile, "badshape", stream=stream)
+    assert r.status_code == 502, r.text
+    assert "'choices' is not an array" in r.json()["error"]["message"]
 
 
 def test_endless_events_on_a_whole_answer_are_cut(hostile: ManagedProcess) -> None:

@@ -183,3 +183,20 @@ def test_usage_is_counted_when_the_upstream_sends_none_and_settles_the_limit() -
     assert usage["completion_tokens"] == 1 and usage["prompt_tokens"] >= 1  # a rough count: no local tokenizer
     level = gw.limiter._tokens["anonymous"].level
     assert level == pytest.approx(10_000 - usage["total_tokens"], abs=1)  # settled to the real usage, not 500
+
+
+def test_the_up_front_charge_counts_every_choice() -> None:
+    """n choices are n answers: eight requests with n = 128 once passed a 1,000,000-token limit as eight small ones."""
+    gw = gateway(ScriptedBackend("a", "cloud"), fallbacks=[])
+    gw.limiter = type(gw.limiter)(0, 1_000_000)
+    req = parse_chat_request({"model": "cloud", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100,
+                              "n": 8})
+
+    async def go() -> int:
+        answer = await gw.handle(req, RequestContext(request_id="r"))
+        charged = answer.flight.charged_tokens  # type: ignore[union-attr]
+        async for _ in answer.chunks():
+            pass
+        return charged
+
+    assert run(go()) == 800  # 8 x max_tokens (the two-character prompt rounds to nothing)
