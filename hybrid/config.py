@@ -117,7 +117,10 @@ class CacheConfig:
     redis_prefix: str = "hybrid:cache:"
     ttl_s: float = 86400.0
     max_entries: int = 100_000  # sqlite: least recently used entries beyond this are evicted
-    semantic: bool = True
+    # opt-in: on pairs it was never tuned on, the semantic layer served the answer of a different question for 34% of
+    # near-misses (target <= 1%) and hit only 53% of paraphrases (scripts/bench_cache.py, README); exact caching
+    # stays on. Turn it on only where a wrong answer is cheap.
+    semantic: bool = False
     similarity_threshold: float = 0.90
     deterministic_only: bool = True  # cache only temperature 0 or seeded requests
     shared_models: list[str] = field(default_factory=list)  # models/tiers whose entries all tenants share

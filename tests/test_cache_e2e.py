@@ -48,7 +48,7 @@ models = ["broken-model"]
 fallbacks = []
 
 [cache]
-{cache}
+{cache if "semantic" in cache else "semantic = true  # opt-in since the sealed pairs (README)" + chr(10) + cache}
 """
 
 

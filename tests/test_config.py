@@ -47,6 +47,13 @@ def test_good_config_loads(tmp_path: Path) -> None:
     assert cfg.tiers == ["local", "cloud"]
 
 
+def test_semantic_caching_is_opt_in_while_its_sealed_figures_miss_the_targets() -> None:
+    """scripts/bench_cache.py on tests/data/cache_pairs_sealed.txt: 34% of near-misses served another question's
+    answer. Until a verifier brings that under 1%, the default caches exact repeats only."""
+    assert default_config().cache.semantic is False
+    assert parse_config({"backends": [{"name": "a", "kind": "llamacpp", "model": "m.gguf"}]}).cache.semantic is False
+
+
 def test_embedded_default_is_the_bundled_model() -> None:
     cfg = default_config()
     assert [(b.kind, b.tier, b.model) for b in cfg.backends] == [("llamacpp", "local", "gemma-3-270m")]
