@@ -46,6 +46,12 @@ class Flight:
     lookup: CacheLookup | None = None  # the cache lookup whose miss this answer may fill
     charged_tokens: int = 0  # rate-limit tokens charged up front, settled when the answer is done
     failures: list[str] = field(default_factory=list)  # "backend(why)" for each target passed over
+    started: float = 0.0  # perf_counter when the gateway got the request
+    asked: bool = False  # a backend has been asked (the router's own part of the latency is over)
+
+    @property
+    def cache_status(self) -> str:
+        return self.lookup.status if self.lookup is not None else "off"
 
     @property
     def keeps_chunks(self) -> bool:

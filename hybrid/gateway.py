@@ -15,7 +15,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncGenerator
+from typing import Any
 
+from hybrid import metrics
 from hybrid.answers import Answer, CachedAnswer, Flight, RequestContext
 from hybrid.backends.base import Backend, BackendState
 from hybrid.cache.cache import CacheLookup, ResponseCache
@@ -63,6 +65,7 @@ class Gateway:
         self.resolver.refresh_models()
         # backends without a tokenizer of their own (a cloud API) are counted with the first local model's
         self.router.tokenizer = next((b for b in self.backends if b.kind == "llamacpp"), None)
+        metrics.watch(self.live_gauges)
         if self.cache is not None:
             await self.cache.start()
 
@@ -82,13 +85,23 @@ class Gateway:
 
     async def handle(self, req: InferenceRequest, ctx: RequestContext) -> Answer | CachedAnswer:
         """Look up the cache; else admit, route and dispatch, returning with the first chunk in hand."""
+        started = time.perf_counter()
+        try:
+            return await self._handle(req, ctx, started)
+        except HybridError as err:
+            metrics.child(metrics.REQUESTS, "none", "none", "none", "none", str(err.status_code)).inc()
+            raise
+
+    async def _handle(self, req: InferenceRequest, ctx: RequestContext, started: float) -> Answer | CachedAnswer:
         lookup: CacheLookup | None = None
         if self.cache is not None:
             lookup = await self.cache.lookup(req, ctx.tenant, ctx.cache_control,
                                              ctx.headers.get("x-hybrid-cache-namespace"),
                                              ctx.headers.get("x-hybrid-tier", ""))
             if lookup.hit:
-                return CachedAnswer(req, ctx, lookup, self.cache.store.name)
+                hit = CachedAnswer(req, ctx, lookup, self.cache.store.name)
+                self._count_hit(hit, started)
+                return hit
         charged = 0
         if self.limiter.enabled:
             # every choice is generated: n of them cost n times the output
@@ -96,7 +109,7 @@ class Gateway:
             charged = self.limiter.admit(ctx.tenant, est)
         try:
             decision = await self.router.route(req, ctx.headers.get("x-hybrid-tier"))
-            flight = Flight(req, ctx, decision, lookup, charged)
+            flight = Flight(req, ctx, decision, lookup, charged, started=started)
         except BaseException:
             self._refund(ctx, charged)
             raise
@@ -144,6 +157,7 @@ class Gateway:
             opened = await self._open(flight, target)
             if isinstance(opened, tuple):
                 first, stream = opened
+                metrics.child(metrics.TTFT, target.tier).observe(time.perf_counter() - flight.started)
                 return Answer(flight, target, i, self._reason(flight, i, overflowed), first, stream, self)
             last = opened
         if overflowed and last is None:
@@ -194,6 +208,9 @@ class Gateway:
         """Ask ``target``: its first chunk and the rest, or the retryable error that passes the turn on."""
         backend = target.backend
         breaker = self.breakers[backend.name]
+        if not flight.asked:
+            flight.asked = True
+            metrics.OVERHEAD.observe(time.perf_counter() - flight.started)
         stream = backend.stream(flight.req, target.model)
         try:
             return await stream.__anext__(), stream
@@ -255,6 +272,50 @@ class Gateway:
             flight.charged_tokens = 0
         if chunks is not None and self.cache is not None and flight.lookup is not None:
             self.cache.store_answer(flight.req, flight.lookup, assemble(chunks, flight.req.kind))
+        target = answer.target
+        status = "ok" if outcome else ("abandoned" if outcome is None else str(error.status_code if error else 502))
+        metrics.child(metrics.REQUESTS, target.tier, target.backend.name, target.model, flight.cache_status,
+                      status).inc()
+        metrics.child(metrics.LATENCY, target.tier, flight.cache_status).observe(time.perf_counter() - flight.started)
+        if answer.usage:
+            self._count_tokens(target.tier, target.backend.name, target.model, answer.usage)
+
+    def _count_hit(self, hit: CachedAnswer, started: float) -> None:
+        model = str(hit.lookup.entry.answer.get("model", "")) if hit.lookup.entry is not None else ""
+        metrics.child(metrics.REQUESTS, "cache", hit.store, model, hit.lookup.status, "ok").inc()
+        metrics.child(metrics.LATENCY, "cache", hit.lookup.status).observe(time.perf_counter() - started)
+        if hit.usage:
+            self._count_tokens("cache", hit.store, model, hit.usage)
+
+    @staticmethod
+    def _count_tokens(tier: str, backend: str, model: str, usage: dict[str, Any]) -> None:
+        for kind in ("prompt", "completion"):
+            n = usage.get(f"{kind}_tokens")
+            if isinstance(n, int) and n > 0:
+                metrics.child(metrics.TOKENS, tier, backend, model, kind).inc(n)
+
+    def live_gauges(self) -> dict[tuple[str, str], list[tuple[dict[str, str], float]]]:
+        """The gauges of the moment, read at scrape time (see :mod:`hybrid.metrics`)."""
+        in_flight, waiting, wait, cooling = [], [], [], []
+        for b in self.backends:
+            load = b.load()
+            labels = {"backend": b.name, "tier": b.tier}
+            in_flight.append((labels, float(load.in_flight)))
+            waiting.append((labels, float(load.waiting)))
+            wait.append((labels, load.estimated_wait_s()))
+            cooling.append((labels, 1.0 if self.breakers[b.name].cooling() else 0.0))
+        out = {
+            ("hybrid_backend_in_flight", "Requests a backend is answering now"): in_flight,
+            ("hybrid_backend_queue_depth", "Requests waiting for a backend (a local engine's queue)"): waiting,
+            ("hybrid_backend_estimated_wait_seconds", "Expected queueing delay for one more request"): wait,
+            ("hybrid_backend_cooling", "1 while a backend's circuit breaker has it cooling down"): cooling,
+        }
+        hits = sum(metrics.counted(metrics.CACHE_LOOKUPS, result=r) for r in ("hit-exact", "hit-semantic"))
+        looked = hits + metrics.counted(metrics.CACHE_LOOKUPS, result="miss")
+        out[("hybrid_cache_hit_ratio", "Share of cache lookups answered from the cache since start")] = [
+            ({}, hits / looked if looked else 0.0)
+        ]
+        return out
 
     def _refund(self, ctx: RequestContext, charged: int) -> None:
         """No answer came: the tokens charged up front go back (the request itself still counts)."""

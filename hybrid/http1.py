@@ -37,7 +37,7 @@ from urllib.parse import unquote, urlsplit
 
 import httptools
 
-from hybrid.metrics import METRICS
+from hybrid.metrics import UPSTREAM_CONNECTIONS
 
 USER_AGENT = "hybrid/0.1"
 _PAUSE_AT = 1 << 20  # buffered body bytes at which reading stops while a body is streamed...
@@ -609,8 +609,7 @@ class Pool:
             raise ConnectError(f"cannot connect to {where}: {exc.strerror or exc}") from None
         self._live.add(conn)
         self.opened += 1
-        METRICS.inc("hybrid_upstream_connections_total", "Connections opened to upstreams (few, if kept alive)",
-                    upstream=self.name)
+        UPSTREAM_CONNECTIONS.labels(self.name).inc()
         return conn
 
     async def _tunnel(self, via: tuple[str, int]) -> _Connection:

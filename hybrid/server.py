@@ -269,9 +269,9 @@ class HybridApp:
         return JSONResponse(await embeddings_response(parse_json_body(await self._read_body(request)), embedder))
 
     async def metrics(self, request: Request) -> AnyResponse:
-        from hybrid.metrics import METRICS
+        from hybrid import metrics
 
-        return Response(METRICS.render(), media_type="text/plain; version=0.0.4")
+        return Response(metrics.render(), headers={"content-type": metrics.CONTENT_TYPE})
 
     async def health(self, request: Request) -> AnyResponse:
         return JSONResponse({"status": "ok"})

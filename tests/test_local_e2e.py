@@ -304,3 +304,26 @@ def test_client_request_id_is_echoed(router: ManagedProcess) -> None:
     assert resp.headers["x-request-id"] == "trace-123"
     resp = httpx.get(router.url + "/health", headers={"x-request-id": "bad id with spaces"})
     assert resp.headers["x-request-id"] != "bad id with spaces"
+
+
+def test_metrics_parse_with_prometheus_clients_own_parser(router: ManagedProcess, client: openai.OpenAI) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    client.chat.completions.create(model="local", messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+    resp = router.get("/metrics")
+    assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/plain; version=0.0.4")
+    families = {f.name: f for f in text_string_to_metric_families(resp.text)}
+
+    def value(name: str, sample: str, **labels: str) -> float:
+        return sum(s.value for s in families[name].samples
+                   if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()))
+
+    assert families["hybrid_requests"].type == "counter"
+    assert value("hybrid_requests", "hybrid_requests_total", tier="local", backend="cpu", status="ok") >= 1
+    assert value("hybrid_tokens", "hybrid_tokens_total", tier="local", kind="completion") >= 1
+    assert value("hybrid_request_duration_seconds", "hybrid_request_duration_seconds_count", tier="local") >= 1
+    assert value("hybrid_time_to_first_token_seconds", "hybrid_time_to_first_token_seconds_count", tier="local") >= 1
+    assert value("hybrid_router_overhead_seconds", "hybrid_router_overhead_seconds_count") >= 1
+    assert families["hybrid_backend_queue_depth"].type == "gauge"
+    assert value("hybrid_backend_queue_depth", "hybrid_backend_queue_depth", backend="cpu") == 0
+    assert "hybrid_cache_hit_ratio" in families and "hybrid_cache_lookups" in families

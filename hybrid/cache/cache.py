@@ -22,12 +22,10 @@ from hybrid.cache.keys import conversation_text, keys_of
 from hybrid.cache.policy import CachePolicy, decide
 from hybrid.cache.store import CacheEntry, CacheStore
 from hybrid.config import CacheConfig, Config
-from hybrid.metrics import METRICS
+from hybrid.metrics import CACHE_ERRORS, CACHE_GUARD_REJECTIONS, CACHE_LOOKUPS, CACHE_STORES, child
 from hybrid.protocol import Chunk, InferenceRequest, completion_to_chunk, from_text_completion_chunk, make_chunk
 
 log = logging.getLogger("hybrid.cache")
-
-_ERRORS = ("hybrid_cache_errors_total", "Cache operations that failed and degraded to a miss")
 
 
 @dataclass
@@ -102,7 +100,7 @@ class ResponseCache:
         policy = decide(req, tenant, cache_control, namespace, self.cfg.ttl_s, self.cfg.deterministic_only,
                         self.cfg.shared_models)
         if not policy.read:
-            METRICS.inc("hybrid_cache_lookups_total", "Cache lookups by result", result="bypass")
+            child(CACHE_LOOKUPS, "bypass").inc()
             if not policy.write:  # nothing to read or write: no keys to compute
                 return CacheLookup("bypass", policy)
         exact, params = keys_of(req, route)
@@ -113,13 +111,13 @@ class ResponseCache:
             entry = await self.store.get(found.key)
         except Exception as exc:
             log.warning("cache: exact lookup failed (%s); treating as a miss", exc)
-            METRICS.inc(*_ERRORS, op="get")
+            CACHE_ERRORS.labels("get").inc()
             entry = None
         if entry is not None and self._fresh(entry, policy):
             found.status, found.entry = "hit-exact", entry
         elif self.semantic:
             await self._semantic(req, found)
-        METRICS.inc("hybrid_cache_lookups_total", "Cache lookups by result", result=found.status)
+        child(CACHE_LOOKUPS, found.status).inc()
         if found.entry is not None:
             self._spawn(self._touch(found.entry.key))
         return found
@@ -138,7 +136,7 @@ class ResponseCache:
             candidates = await self.store.nearest(found.partition, found.vector, 4)
         except Exception as exc:
             log.warning("cache: semantic lookup failed (%s); treating as a miss", exc)
-            METRICS.inc(*_ERRORS, op="semantic")
+            CACHE_ERRORS.labels("semantic").inc()
             return
         for entry, similarity in candidates:
             if similarity < self.cfg.similarity_threshold:
@@ -147,7 +145,7 @@ class ResponseCache:
                 continue
             why = disagreement(found.text, entry.text)
             if why is not None:
-                METRICS.inc("hybrid_cache_guard_rejections_total", "Similar entries the guard refused", reason=why)
+                CACHE_GUARD_REJECTIONS.labels(why).inc()
                 continue
             found.status, found.entry, found.similarity = "hit-semantic", entry, similarity
             return
@@ -173,16 +171,16 @@ class ResponseCache:
             now = time.time()
             await self.store.put(CacheEntry(found.key, found.partition, found.policy.namespace, text, answer, now,
                                             now + found.policy.ttl_s, vector))
-            METRICS.inc("hybrid_cache_stores_total", "Answers stored in the cache")
+            CACHE_STORES.inc()
         except Exception as exc:
             log.warning("cache: store failed (%s)", exc)
-            METRICS.inc(*_ERRORS, op="put")
+            CACHE_ERRORS.labels("put").inc()
 
     async def _touch(self, key: str) -> None:
         try:
             await self.store.touch(key)
         except Exception:  # LRU bookkeeping only
-            METRICS.inc(*_ERRORS, op="touch")
+            CACHE_ERRORS.labels("touch").inc()
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)

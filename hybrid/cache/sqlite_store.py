@@ -23,7 +23,7 @@ import numpy as np
 import orjson
 
 from hybrid.cache.store import CacheEntry, CacheStore, cosine
-from hybrid.metrics import METRICS
+from hybrid.metrics import CACHE_ERRORS, CACHE_EVICTIONS
 
 log = logging.getLogger("hybrid.cache.sqlite")
 
@@ -145,7 +145,7 @@ class SqliteCacheStore(CacheStore):
             parsed = orjson.loads(answer)
         except orjson.JSONDecodeError:
             log.warning("cache: corrupt answer for entry %s; dropping it", key[:12])
-            METRICS.inc("hybrid_cache_errors_total", "Cache operations that failed and degraded to a miss", op="corrupt")
+            CACHE_ERRORS.labels("corrupt").inc()
             self._queue.put(("delete", key))
             return None
         vec = np.frombuffer(embedding, dtype=np.float32) if embedding else None
@@ -259,8 +259,7 @@ class SqliteCacheStore(CacheStore):
                         last_sweep = now
             except sqlite3.Error as exc:  # disk full, locked, corrupt: the requests already have their answers
                 log.warning("cache: write failed (%s); %d operation(s) dropped", exc, len(batch))
-                METRICS.inc("hybrid_cache_errors_total", "Cache operations that failed and degraded to a miss",
-                            amount=len(batch), op="write")
+                CACHE_ERRORS.labels("write").inc(len(batch))
                 for b in batch:
                     if b[0] == "clear":
                         self._reply(b[2], 0)
@@ -312,7 +311,7 @@ class SqliteCacheStore(CacheStore):
                 victims = [r[0] for r in conn.execute(
                     "SELECT key FROM entries ORDER BY last_used LIMIT ?", (count - self.max_entries,))]
                 conn.executemany("DELETE FROM entries WHERE key = ?", [(k,) for k in victims])
-                METRICS.inc("hybrid_cache_evictions_total", "Entries evicted at the size bound", amount=len(victims))
+                CACHE_EVICTIONS.inc(len(victims))
                 gone += victims
                 self._rows_bound -= len(victims)
         self._forget(gone)
