@@ -30,6 +30,9 @@ class RequestContext:
     headers: dict[str, str] = field(default_factory=dict)
     tenant: str = "anonymous"  # whom rate limits and cache entries are scoped to
     cache_control: str | None = None
+    key_id: str = ""  # the ledger's name for the caller: a keyed hash of its key, or its address
+    cache_status: str = "off"  # the cache lookup's result, once it is known
+    tags: dict[str, str] = field(default_factory=dict)
 
     @property
     def completion_id(self) -> str:
@@ -48,6 +51,8 @@ class Flight:
     failures: list[str] = field(default_factory=list)  # "backend(why)" for each target passed over
     started: float = 0.0  # perf_counter when the gateway got the request
     asked: bool = False  # a backend has been asked (the router's own part of the latency is over)
+    first_at: float = 0.0  # perf_counter when the first chunk was in hand
+    arrived: float = 0.0  # unix time, for the ledger
 
     @property
     def cache_status(self) -> str:
@@ -93,6 +98,7 @@ class Answer:
         self._rest = rest
         self._settlement = settlement
         self.usage: dict[str, int] | None = None
+        self.text: list[str] = []  # what it has said so far: counted when it ends without the upstream's usage
 
     @property
     def headers(self) -> dict[str, str]:
@@ -111,7 +117,7 @@ class Answer:
     async def chunks(self) -> AsyncIterator[Chunk]:
         """The answer's chunks under the router's id, always ending with a usage chunk."""
         cid = self.ctx.completion_id
-        text: list[str] = []
+        text = self.text
         kept: list[Chunk] | None = [] if self.flight.keeps_chunks else None
         outcome: bool | None = None
         error: HybridError | None = None

@@ -96,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     cache_cli.add_arguments(cache)
     cache.set_defaults(func=cache_cli.run)
+    report = sub.add_parser("report", help="what requests cost and saved, per tier, model, key or tag, from the ledger")
+    from hybrid.ledger import report as report_cli
+
+    report_cli.add_arguments(report)
+    report.set_defaults(func=report_cli.run)
     return parser
 
 

@@ -35,6 +35,8 @@ class ServerConfig:
     api_keys: list[str] = field(default_factory=list)
     # teams share cache entries: {"support" = ["env:KEY_A", "env:KEY_B"]}; keys listed here need no api_keys entry
     teams: dict[str, list[str]] = field(default_factory=dict)
+    # default tags of a key's requests, by the key as api_keys names it: {"env:KEY_A" = {app = "search"}}
+    key_tags: dict[str, dict[str, str]] = field(default_factory=dict)
     # a secret for the keyed hash that turns an API key into its tenant id (cache scope, limits); "" : a built-in
     # one. Set it (the same on every replica) so ids in a shared cache cannot be checked against guessed keys.
     tenant_secret: str = ""
@@ -74,8 +76,10 @@ class BackendConfig:
     ca_file: str = ""  # PEM bundle trusted for this https upstream, besides the system's CAs
     proxy: str = ""  # "": from HTTPS_PROXY/HTTP_PROXY/ALL_PROXY/NO_PROXY; "none": direct; or http://[user:pw@]host:port
     max_concurrency: int = 0  # 0: no limit
-    price_input_per_mtok: float = 0.0
+    price_input_per_mtok: float = 0.0  # 0 and 0: the model's price in models/prices.toml
     price_output_per_mtok: float = 0.0
+    price_cached_input_per_mtok: float = -1.0  # < 0: cached prompt tokens billed as input
+    cost_per_hour: float = 0.0  # llamacpp / vllm: what the machine costs; spread over the tokens it produces
     # vllm: attach to base_url, or (no base_url) launch `vllm serve` as a managed child process
     gpu_memory_utilization: float = 0.90
     max_num_seqs: int = 0  # 0: vLLM's default
@@ -129,12 +133,27 @@ class CacheConfig:
 
 
 @dataclass
+class CostsConfig:
+    reference_model: str = "gpt-4o"  # the counterfactual: every request's tokens priced at this cloud model
+
+
+@dataclass
+class LedgerConfig:
+    backend: str = "sqlite"  # sqlite | off
+    path: str = ""  # "" : ledger.sqlite3 in the data folder (HYBRID_DATA_DIR)
+    flush_interval_s: float = 0.5
+    retry_s: float = 30.0  # a batch the database refuses this long is spilled to a file next to it
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     backends: list[BackendConfig] = field(default_factory=list)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    costs: CostsConfig = field(default_factory=CostsConfig)
+    ledger: LedgerConfig = field(default_factory=LedgerConfig)
     source: str = "<embedded default>"
     notes: list[str] = field(default_factory=list)  # what the embedded default decided, said at start-up
 
@@ -203,7 +222,7 @@ def load_config(path: str | Path | None) -> Config:
 
 
 def parse_config(raw: dict[str, Any]) -> Config:
-    known = {"server", "backends", "routing", "limits", "cache"}
+    known = {"server", "backends", "routing", "limits", "cache", "costs", "ledger"}
     for key in raw:
         if key not in known:
             raise ConfigError(f"{key}: unknown section (known: {', '.join(sorted(known))})")
@@ -217,6 +236,18 @@ def parse_config(raw: dict[str, Any]) -> Config:
     }
     for keys in server.teams.values():
         server.api_keys.extend(k for k in keys if k not in server.api_keys)
+    from hybrid.tags import request_tags
+
+    resolved_tags: dict[str, dict[str, str]] = {}
+    for ref, tags in server.key_tags.items():
+        key = _resolve_key(ref, f"server.key_tags.{ref}")
+        if key not in server.api_keys:
+            raise ConfigError(f"server.key_tags.{ref}: not one of server.api_keys")
+        try:
+            resolved_tags[key] = request_tags({}, {"metadata": tags}, None)
+        except Exception as exc:  # an InvalidRequestError, said as a config error
+            raise ConfigError(f"server.key_tags.{ref}: {exc}") from None
+    server.key_tags = resolved_tags
     if not 0 <= server.port <= 65535:
         raise ConfigError(f"server.port: must be between 0 and 65535 (got {server.port})")
     for name in ("max_body_bytes", "max_header_bytes", "max_connections"):
@@ -273,7 +304,21 @@ def parse_config(raw: dict[str, Any]) -> Config:
         _check_writable_file(cache.path, "cache.path")
     if cache.embedder != "local" and cache.embedder not in names:
         raise ConfigError(f"cache.embedder: 'local' or a backend name (got {cache.embedder!r})")
-    return Config(server=server, backends=backends, routing=routing, limits=limits, cache=cache)
+    costs = _build(CostsConfig, raw.get("costs", {}), "costs")
+    from models.prices import load_prices
+
+    if costs.reference_model not in load_prices():
+        raise ConfigError(f"costs.reference_model: {costs.reference_model!r} is not in models/prices.toml "
+                          f"(known: {', '.join(sorted(load_prices()))})")
+    ledger = _build(LedgerConfig, raw.get("ledger", {}), "ledger")
+    if ledger.backend not in ("sqlite", "off"):
+        raise ConfigError(f"ledger.backend: must be sqlite or off (got {ledger.backend!r})")
+    if ledger.path:
+        _check_writable_file(ledger.path, "ledger.path")
+    if ledger.flush_interval_s <= 0 or ledger.retry_s < 0:
+        raise ConfigError("ledger: flush_interval_s must be > 0 and retry_s >= 0")
+    return Config(server=server, backends=backends, routing=routing, limits=limits, cache=cache, costs=costs,
+                  ledger=ledger)
 
 
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

@@ -12,6 +12,7 @@ nothing has reached the client yet).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator
@@ -22,6 +23,7 @@ from hybrid.answers import Answer, CachedAnswer, Flight, RequestContext
 from hybrid.backends.base import Backend, BackendState
 from hybrid.cache.cache import CacheLookup, ResponseCache
 from hybrid.config import Config
+from hybrid.costs import Costing
 from hybrid.errors import (
     HybridError,
     InvalidRequestError,
@@ -29,6 +31,7 @@ from hybrid.errors import (
     ServiceUnavailableError,
     UpstreamError,
 )
+from hybrid.ledger import LedgerRow, SqliteLedger
 from hybrid.limits import RateLimiter
 from hybrid.protocol import Chunk, InferenceRequest, assemble, make_usage
 from hybrid.routing.breaker import CircuitBreaker
@@ -42,10 +45,18 @@ DEFAULT_OUTPUT_ESTIMATE = 256  # tokens charged up front when a request sets no 
 
 
 class Gateway:
-    def __init__(self, config: Config, backends: list[Backend], cache: ResponseCache | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        backends: list[Backend],
+        cache: ResponseCache | None = None,
+        ledger: SqliteLedger | None = None,
+    ) -> None:
         self.config = config
         self.backends = backends
         self.cache = cache
+        self.ledger = ledger
+        self.costing = Costing(config.costs, config.backends)
         self.resolver = ModelResolver(backends)
         rc = config.routing
         self.router = Router(rc, self.resolver)
@@ -66,12 +77,16 @@ class Gateway:
         # backends without a tokenizer of their own (a cloud API) are counted with the first local model's
         self.router.tokenizer = next((b for b in self.backends if b.kind == "llamacpp"), None)
         metrics.watch(self.live_gauges)
+        if self.ledger is not None:
+            await asyncio.to_thread(self.ledger.start)
         if self.cache is not None:
             await self.cache.start()
 
     async def stop(self) -> None:
         if self.cache is not None:
             await self.cache.close()
+        if self.ledger is not None:  # after the answers in flight have settled: their rows are queued
+            await asyncio.to_thread(self.ledger.close)
         for b in self.backends:
             try:
                 await b.stop()
@@ -90,6 +105,7 @@ class Gateway:
             return await self._handle(req, ctx, started)
         except HybridError as err:
             metrics.child(metrics.REQUESTS, "none", "none", "none", "none", str(err.status_code)).inc()
+            self._record_failure(req, ctx, started, err)
             raise
 
     async def _handle(self, req: InferenceRequest, ctx: RequestContext, started: float) -> Answer | CachedAnswer:
@@ -102,6 +118,8 @@ class Gateway:
                 hit = CachedAnswer(req, ctx, lookup, self.cache.store.name)
                 self._count_hit(hit, started)
                 return hit
+        if lookup is not None:
+            ctx.cache_status = lookup.status  # for the row of a request turned away after the lookup
         charged = 0
         if self.limiter.enabled:
             # every choice is generated: n of them cost n times the output
@@ -109,7 +127,7 @@ class Gateway:
             charged = self.limiter.admit(ctx.tenant, est)
         try:
             decision = await self.router.route(req, ctx.headers.get("x-hybrid-tier"))
-            flight = Flight(req, ctx, decision, lookup, charged, started=started)
+            flight = Flight(req, ctx, decision, lookup, charged, started=started, arrived=time.time())
         except BaseException:
             self._refund(ctx, charged)
             raise
@@ -131,9 +149,13 @@ class Gateway:
             except HybridError as err:
                 flight, nxt = answer.flight, answer.index + 1
                 if not err.retryable or nxt >= len(flight.decision.targets):
-                    raise
+                    raise  # settled, with its ledger row, as the answer broke off
                 flight.failures.append(f"{answer.target.backend.name}({err.status_code})")
-                answer = await self._dispatch(flight, nxt)
+                try:
+                    answer = await self._dispatch(flight, nxt)
+                except HybridError as final:
+                    self._record_failure(req, ctx, flight.started, final)
+                    raise
 
     async def _dispatch(self, flight: Flight, start: int) -> Answer:
         """The first target from ``start`` on that can take the request and sends a first chunk."""
@@ -157,7 +179,8 @@ class Gateway:
             opened = await self._open(flight, target)
             if isinstance(opened, tuple):
                 first, stream = opened
-                metrics.child(metrics.TTFT, target.tier).observe(time.perf_counter() - flight.started)
+                flight.first_at = time.perf_counter()
+                metrics.child(metrics.TTFT, target.tier).observe(flight.first_at - flight.started)
                 return Answer(flight, target, i, self._reason(flight, i, overflowed), first, stream, self)
             last = opened
         if overflowed and last is None:
@@ -274,18 +297,68 @@ class Gateway:
             self.cache.store_answer(flight.req, flight.lookup, assemble(chunks, flight.req.kind))
         target = answer.target
         status = "ok" if outcome else ("abandoned" if outcome is None else str(error.status_code if error else 502))
+        now = time.perf_counter()
         metrics.child(metrics.REQUESTS, target.tier, target.backend.name, target.model, flight.cache_status,
                       status).inc()
-        metrics.child(metrics.LATENCY, target.tier, flight.cache_status).observe(time.perf_counter() - flight.started)
-        if answer.usage:
-            self._count_tokens(target.tier, target.backend.name, target.model, answer.usage)
+        metrics.child(metrics.LATENCY, target.tier, flight.cache_status).observe(now - flight.started)
+        usage = answer.usage or (self._usage_so_far(answer) if answer.text else {})
+        if usage:
+            self._count_tokens(target.tier, target.backend.name, target.model, usage)
+        # a whole answer that broke off is tried on the next target (complete()): that attempt writes the row
+        retried = (outcome is False and not flight.req.stream and error is not None and error.retryable
+                   and answer.index + 1 < len(flight.decision.targets))
+        if self.ledger is not None and not retried:
+            prompt, completion, cached = _tokens(usage)
+            self.ledger.record(LedgerRow(
+                ts=flight.arrived, request_id=flight.ctx.request_id, key_id=flight.ctx.key_id,
+                requested_model=flight.req.model, tier=target.tier, backend=target.backend.name,
+                served_model=target.model, status=status, cache=flight.cache_status, prompt_tokens=prompt,
+                completion_tokens=completion, cached_tokens=cached,
+                cost=self.costing.cost(target.backend.name, target.model, prompt, completion, cached,
+                                       now - flight.first_at),
+                counterfactual_cost=self.costing.counterfactual(prompt, completion), latency_s=now - flight.started,
+                ttft_s=flight.first_at - flight.started, route_reason=answer.reason, tags=flight.ctx.tags,
+            ))
+
+    def _usage_so_far(self, answer: Answer) -> dict[str, int]:
+        """An answer that ended early (the client left, the backend broke off) has no usage from upstream: the
+        router counts what was said, synchronously (the local tokenizer, else four characters a token)."""
+        backend = answer.target.backend
+        counter = backend if backend.kind == "llamacpp" else self.router.tokenizer
+        text = "".join(answer.text)
+        prompt = counter.count_text_tokens(answer.req.text()) if counter is not None else None
+        completion = counter.count_text_tokens(text) if counter is not None else None
+        return make_usage(prompt if prompt is not None else max(1, len(answer.req.text()) // 4),
+                          completion if completion is not None else (len(text) + 3) // 4)
 
     def _count_hit(self, hit: CachedAnswer, started: float) -> None:
         model = str(hit.lookup.entry.answer.get("model", "")) if hit.lookup.entry is not None else ""
+        latency = time.perf_counter() - started
         metrics.child(metrics.REQUESTS, "cache", hit.store, model, hit.lookup.status, "ok").inc()
-        metrics.child(metrics.LATENCY, "cache", hit.lookup.status).observe(time.perf_counter() - started)
+        metrics.child(metrics.LATENCY, "cache", hit.lookup.status).observe(latency)
         if hit.usage:
             self._count_tokens("cache", hit.store, model, hit.usage)
+        if self.ledger is not None:
+            prompt, completion, cached = _tokens(hit.usage or {})
+            self.ledger.record(LedgerRow(
+                ts=time.time() - latency, request_id=hit.ctx.request_id, key_id=hit.ctx.key_id,
+                requested_model=hit.req.model, tier="cache", backend=hit.store, served_model=model, status="ok",
+                cache=hit.lookup.status, prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached,
+                cost=0.0, counterfactual_cost=self.costing.counterfactual(prompt, completion), latency_s=latency,
+                ttft_s=latency, route_reason=f"cache:{hit.lookup.status}", tags=hit.ctx.tags,
+            ))
+
+    def _record_failure(self, req: InferenceRequest, ctx: RequestContext, started: float, err: HybridError) -> None:
+        """The row of a request that got no answer at all (every backend failed, a limit, a bad request)."""
+        if self.ledger is None:
+            return
+        latency = time.perf_counter() - started
+        self.ledger.record(LedgerRow(
+            ts=time.time() - latency, request_id=ctx.request_id, key_id=ctx.key_id, requested_model=req.model,
+            tier="none", backend="none", served_model="", status=str(err.status_code),
+            cache=ctx.cache_status, latency_s=latency, route_reason=err.message[:200],
+            tags=ctx.tags,
+        ))
 
     @staticmethod
     def _count_tokens(tier: str, backend: str, model: str, usage: dict[str, Any]) -> None:
@@ -361,3 +434,12 @@ class Gateway:
             body["cache"] = self.cache.state()
         return ready, body
 
+
+def _tokens(usage: dict[str, Any]) -> tuple[int, int, int]:
+    """(prompt, completion, cached prompt) tokens of a usage object, whatever an upstream put in it."""
+    def whole(v: Any) -> int:
+        return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else 0
+
+    details = usage.get("prompt_tokens_details")
+    cached = whole(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    return whole(usage.get("prompt_tokens")), whole(usage.get("completion_tokens")), cached

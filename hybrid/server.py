@@ -39,6 +39,8 @@ from hybrid.errors import (
     ServerError,
 )
 from hybrid.gateway import Gateway
+from hybrid.tags import HEADER as TAGS_HEADER
+from hybrid.tags import request_tags
 from hybrid.protocol import (
     SSE_DONE,
     InferenceRequest,
@@ -104,6 +106,7 @@ class RequestMiddleware:
         teams: dict[str, list[str]],
         tenant_secret: str = "",
         status_public: bool = False,
+        key_tags: dict[str, dict[str, str]] | None = None,
     ) -> None:
         self.app = app
         self.public = frozenset({"/health"} | (_STATUS_PATHS if status_public else set()))
@@ -113,6 +116,10 @@ class RequestMiddleware:
         # so that adding, removing or reordering keys never hands one tenant's cache entries to another
         team_of = {k: team for team, keys in teams.items() for k in keys}
         self.tenants = [""] + [f"team:{team_of[k]}" if k in team_of else key_id(k, tenant_secret) for k in api_keys]
+        self.key_ids = [""] + [key_id(k, tenant_secret) for k in api_keys]
+        tags = key_tags or {}
+        self.key_tags: list[dict[str, str]] = [{}] + [{"team": team_of[k]} | tags.get(k, {}) if k in team_of
+                                                      else tags.get(k, {}) for k in api_keys]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -149,9 +156,11 @@ class RequestMiddleware:
         # the client's address
         if self.api_keys:
             state["tenant"] = self.tenants[key_index]
+            state["key_id"] = self.key_ids[key_index]
+            state["key_tags"] = self.key_tags[key_index]
         else:
             client = scope.get("client")
-            state["tenant"] = f"addr:{client[0]}" if client else "anonymous"
+            state["tenant"] = state["key_id"] = f"addr:{client[0]}" if client else "anonymous"
         handler = self.hot.get((scope["method"], scope["path"]))
         if handler is None:
             await self.app(scope, receive, send_with_id)
@@ -188,8 +197,10 @@ class HybridApp:
         if gateway is None:
             from hybrid.cache import build_cache
 
+            from hybrid.ledger import build_ledger
+
             backends = [create_backend(b) for b in config.backends]
-            gateway = Gateway(config, backends, build_cache(config))
+            gateway = Gateway(config, backends, build_cache(config), build_ledger(config))
         self.gateway = gateway
         self.max_body = config.server.max_body_bytes
 
@@ -226,7 +237,7 @@ class HybridApp:
                 cache_control = value.decode("latin-1")
         return RequestContext(
             request_id=state["request_id"], headers=routing, tenant=state.get("tenant", "anonymous"),
-            cache_control=cache_control,
+            cache_control=cache_control, key_id=state.get("key_id", ""),
         )
 
     # ------------------------------------------------------------------------------------------ endpoints
@@ -241,6 +252,7 @@ class HybridApp:
 
     async def _respond(self, request: Request, req: InferenceRequest) -> AnyResponse:
         ctx = self._context(request)
+        ctx.tags = request_tags(request.scope["state"].get("key_tags", {}), req.body, ctx.headers.get(TAGS_HEADER))
         if req.stream:
             # a client that leaves while its request waits (in a local queue, for a slow first token) frees its
             # place at once, not when the first token arrives
@@ -314,7 +326,7 @@ class HybridApp:
         }
         server = self.config.server
         return RequestMiddleware(app, server.api_keys, hot, server.teams, server.tenant_secret,
-                                 status_public=server.status_access == "public")
+                                 status_public=server.status_access == "public", key_tags=server.key_tags)
 
 
 _WATCH_AFTER_S = 0.02
