@@ -107,8 +107,8 @@ def render_table(rows: list[GroupReport], by: str, since: str) -> str:
     total_cost = sum(r.cost for r in rows)
     total_cf = sum(r.counterfactual_cost for r in rows)
     lines = [
-        f"last {since}, by {by}: {sum(r.requests for r in rows)} requests, cost ${total_cost:.4f}, "
-        f"on the reference model ${total_cf:.4f}, saved "
+        f"last {since}, by {by}: {sum(r.requests for r in rows)} requests, cost ${total_cost:.6f}, "
+        f"on the reference model ${total_cf:.6f}, saved "
         f"{100 * (total_cf - total_cost) / total_cf if total_cf else 0:.1f}%",
         "",
         "| group | requests | errors | prompt tok | completion tok | cost $ | reference $ | saved | cache hits "
@@ -117,8 +117,8 @@ def render_table(rows: list[GroupReport], by: str, since: str) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r.group} | {r.requests} | {r.errors} | {r.prompt_tokens} | {r.completion_tokens} | {r.cost:.4f} | "
-            f"{r.counterfactual_cost:.4f} | {r.savings_pct:.1f}% | {r.cache_hit_rate:.1%} | {r.p50_s:.3f} | "
+            f"| {r.group} | {r.requests} | {r.errors} | {r.prompt_tokens} | {r.completion_tokens} | {r.cost:.6f} | "
+            f"{r.counterfactual_cost:.6f} | {r.savings_pct:.1f}% | {r.cache_hit_rate:.1%} | {r.p50_s:.3f} | "
             f"{r.p95_s:.3f} | {r.p99_s:.3f} |"
         )
     return "\n".join(lines)
