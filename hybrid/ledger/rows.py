@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 
-@dataclass
+@dataclass(slots=True)
 class LedgerRow:
     ts: float  # unix time the request arrived
     request_id: str
@@ -30,9 +30,13 @@ class LedgerRow:
     tags: dict[str, str] = field(default_factory=dict)
 
     def values(self) -> tuple[Any, ...]:
-        d = asdict(self)
-        d["tags"] = orjson.dumps(self.tags).decode()
-        return tuple(d[name] for name in COLUMNS)
+        """The row in COLUMNS order, tags as JSON text (attribute reads: asdict's deep copy cost 10 us a row)."""
+        return (
+            self.ts, self.request_id, self.key_id, self.requested_model, self.tier, self.backend, self.served_model,
+            self.status, self.cache, self.prompt_tokens, self.completion_tokens, self.cached_tokens, self.cost,
+            self.counterfactual_cost, self.latency_s, self.ttft_s, self.route_reason,
+            orjson.dumps(self.tags).decode(),
+        )
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self))
