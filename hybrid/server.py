@@ -37,6 +37,7 @@ from hybrid.errors import (
     NotFoundError,
     RequestTooLargeError,
     ServerError,
+    ServiceUnavailableError,
 )
 from hybrid.gateway import Gateway
 from hybrid.tags import HEADER as TAGS_HEADER
@@ -280,6 +281,27 @@ class HybridApp:
         embedder = cache.embedder if cache is not None else None
         return JSONResponse(await embeddings_response(parse_json_body(await self._read_body(request)), embedder))
 
+    async def feedback(self, request: Request) -> AnyResponse:
+        """``POST /v1/feedback {request_id, score, comment}``: a client's score for one of its own requests, kept
+        with its ledger row so that quality shows next to cost in ``hybrid report``."""
+        body = parse_json_body(await self._read_body(request))
+        rid = body.get("request_id")
+        if not isinstance(rid, str) or not _REQUEST_ID_OK.match(rid):
+            raise InvalidRequestError("'request_id' must be the x-request-id of one of your requests.",
+                                      param="request_id")
+        score = body.get("score")
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or not 0 <= score <= 1:
+            raise InvalidRequestError("'score' must be a number from 0 (bad) to 1 (good).", param="score")
+        comment = body.get("comment", "")
+        if not isinstance(comment, str) or len(comment) > 2000:
+            raise InvalidRequestError("'comment' must be a string of at most 2000 characters.", param="comment")
+        ledger = self.gateway.ledger
+        if ledger is None:
+            raise ServiceUnavailableError("The usage ledger is off (ledger.backend = \"off\"): feedback has no place.")
+        # scoped to the caller: a score counts only against a request the same key made (see hybrid report)
+        ledger.feedback(rid, request.scope["state"].get("key_id", ""), float(score), comment)
+        return JSONResponse({"object": "feedback", "request_id": rid, "status": "recorded"})
+
     async def metrics(self, request: Request) -> AnyResponse:
         from hybrid import metrics
 
@@ -313,6 +335,7 @@ class HybridApp:
             Route("/v1/completions", self.completions, methods=["POST"]),
             Route("/v1/models", self.models, methods=["GET"]),
             Route("/v1/embeddings", self.embeddings, methods=["POST"]),
+            Route("/v1/feedback", self.feedback, methods=["POST"]),
             Route("/metrics", self.metrics, methods=["GET"]),
             Route("/v1/models/{model:path}", self.model, methods=["GET"]),
             Route("/health", self.health, methods=["GET"]),

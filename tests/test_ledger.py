@@ -230,3 +230,38 @@ def test_report_groups_costs_and_savings_by_tag(router: ManagedProcess, work: Pa
     table = subprocess.run([sys.executable, "-m", "hybrid", "report", "-c", str(cfg), "--by", "team"],
                            capture_output=True, text=True, timeout=60)
     assert table.returncode == 0 and "| support | 5 |" in table.stdout, table.stdout + table.stderr
+
+
+def test_feedback_lands_next_to_cost_and_only_on_the_callers_own_requests(router: ManagedProcess, work: Path) -> None:
+    client = sdk(router.url, api_key=KEY)
+    ids = []
+    for i in range(3):
+        raw = client.chat.completions.with_raw_response.create(
+            model="cloud", messages=[{"role": "user", "content": f"rate me {i}"}],
+            extra_headers={"x-hybrid-tags": "feature=rated"})
+        ids.append(raw.headers["x-request-id"])
+
+    def send(key: str, body: dict[str, object]) -> httpx.Response:
+        return httpx.post(router.url + "/v1/feedback", json=body, headers={"authorization": f"Bearer {key}"})
+
+    assert send(KEY, {"request_id": ids[0], "score": 1, "comment": "spot on"}).status_code == 200
+    assert send(KEY, {"request_id": ids[1], "score": 0.0}).status_code == 200
+    assert send("other-key", {"request_id": ids[2], "score": 0}).status_code == 200  # not its request: ignored
+    for bad, param in (({"request_id": ids[0], "score": 7}, "score"), ({"request_id": "x y", "score": 1}, "request_id"),
+                       ({"request_id": ids[0], "score": True}, "score"), ({"request_id": ids[0], "score": 1, "comment": 3}, "comment")):
+        r = send(KEY, bad)
+        assert r.status_code == 400 and r.json()["error"]["param"] == param
+    assert httpx.post(router.url + "/v1/feedback", json={"request_id": ids[0], "score": 1}).status_code == 401
+    _wait_rows(work, 3)
+    deadline = time.monotonic() + 10
+    while True:
+        conn = sqlite3.connect(work / "ledger.sqlite3")
+        n = conn.execute("SELECT COUNT(*) FROM feedback").fetchone()[0]
+        conn.close()
+        if n == 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    from hybrid.ledger.report import build_report
+
+    (rated,) = [g for g in build_report(work / "ledger.sqlite3", 3600, "feature") if g.group == "rated"]
+    assert (rated.requests, rated.feedback, rated.mean_score) == (3, 2, 0.5)

@@ -40,6 +40,8 @@ class GroupReport:
     p50_s: float
     p95_s: float
     p99_s: float
+    feedback: int = 0  # requests a client scored (POST /v1/feedback)
+    mean_score: float | None = None  # their mean score, 0 (bad) to 1 (good)
 
 
 def parse_since(text: str) -> float:
@@ -52,10 +54,10 @@ def parse_since(text: str) -> float:
 
 def group_expression(by: str) -> str:
     if by in COLUMN_GROUPS:
-        return COLUMN_GROUPS[by]
+        return "r." + COLUMN_GROUPS[by]
     if not _TAG.match(by):
         raise ValueError(f"--by: tier, model, key, backend, status or a tag name (got {by!r})")
-    return f"COALESCE(json_extract(tags, '$.\"{by}\"'), '(none)')"
+    return f"COALESCE(json_extract(r.tags, '$.\"{by}\"'), '(none)')"
 
 
 def build_report(path: Path, since_s: float, by: str, now: float | None = None) -> list[GroupReport]:
@@ -68,7 +70,9 @@ def build_report(path: Path, since_s: float, by: str, now: float | None = None) 
         cells = conn.execute(
             f"SELECT {expr} AS g, CAST(latency_s * 1000 AS INTEGER) AS ms, COUNT(*), "
             "SUM(status NOT IN ('ok', 'abandoned')), SUM(prompt_tokens), SUM(completion_tokens), SUM(cost), "
-            "SUM(counterfactual_cost), SUM(cache LIKE 'hit-%') FROM requests WHERE ts >= ? GROUP BY g, ms",
+            "SUM(counterfactual_cost), SUM(cache LIKE 'hit-%'), COUNT(f.score), SUM(f.score) FROM requests r "
+            "LEFT JOIN feedback f ON f.request_id = r.request_id AND f.key_id = r.key_id "
+            "WHERE r.ts >= ? GROUP BY g, ms",
             (start,),
         ).fetchall()
     finally:
@@ -80,13 +84,13 @@ def build_report(path: Path, since_s: float, by: str, now: float | None = None) 
     for g, buckets in groups.items():
         buckets.sort()
         n = sum(b[1] for b in buckets)
-        totals = [sum(b[i] or 0 for b in buckets) for i in range(2, 8)]
-        errors, prompt, completion, cost, counterfactual, hits = totals
+        totals = [sum(b[i] or 0 for b in buckets) for i in range(2, 10)]
+        errors, prompt, completion, cost, counterfactual, hits, scored, score_sum = totals
         p50, p95, p99 = (_percentile(buckets, n, q) for q in (0.50, 0.95, 0.99))
         out.append(GroupReport(
             g, n, int(errors), int(prompt), int(completion), float(cost), float(counterfactual),
             100.0 * (counterfactual - cost) / counterfactual if counterfactual else 0.0, hits / n if n else 0.0,
-            p50, p95, p99,
+            p50, p95, p99, int(scored), score_sum / scored if scored else None,
         ))
     out.sort(key=lambda r: (-r.cost, r.group))
     return out
@@ -112,14 +116,15 @@ def render_table(rows: list[GroupReport], by: str, since: str) -> str:
         f"{100 * (total_cf - total_cost) / total_cf if total_cf else 0:.1f}%",
         "",
         "| group | requests | errors | prompt tok | completion tok | cost $ | reference $ | saved | cache hits "
-        "| p50 s | p95 s | p99 s |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| p50 s | p95 s | p99 s | scored | score |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         lines.append(
             f"| {r.group} | {r.requests} | {r.errors} | {r.prompt_tokens} | {r.completion_tokens} | {r.cost:.6f} | "
             f"{r.counterfactual_cost:.6f} | {r.savings_pct:.1f}% | {r.cache_hit_rate:.1%} | {r.p50_s:.3f} | "
-            f"{r.p95_s:.3f} | {r.p99_s:.3f} |"
+            f"{r.p95_s:.3f} | {r.p99_s:.3f} | {r.feedback} | "
+            f"{'-' if r.mean_score is None else f'{r.mean_score:.2f}'} |"
         )
     return "\n".join(lines)
 

@@ -37,7 +37,12 @@ CREATE TABLE IF NOT EXISTS requests (
     latency_s REAL NOT NULL, ttft_s REAL, route_reason TEXT NOT NULL, tags TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts);
+CREATE TABLE IF NOT EXISTS feedback (
+    request_id TEXT NOT NULL, key_id TEXT NOT NULL, ts REAL NOT NULL, score REAL NOT NULL, comment TEXT NOT NULL,
+    PRIMARY KEY (request_id, key_id)
+);
 """
+_FEEDBACK = "INSERT OR REPLACE INTO feedback (request_id, key_id, ts, score, comment) VALUES (?, ?, ?, ?, ?)"
 _INSERT = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 
 
@@ -57,6 +62,7 @@ class SqliteLedger:
         self.retry_s = retry_s
         self.batch = batch
         self._rows: deque[LedgerRow] = deque()
+        self._feedback: deque[tuple[str, str, float, float, str]] = deque()
         self._stopping = threading.Event()
         self._writer: threading.Thread | None = None
 
@@ -75,6 +81,10 @@ class SqliteLedger:
             conn.close()
         self._writer = threading.Thread(target=self._write_loop, name="ledger-writer", daemon=True)
         self._writer.start()
+
+    def feedback(self, request_id: str, key_id: str, score: float, comment: str) -> None:
+        """Queue a client's score for one of its requests (the last one given counts)."""
+        self._feedback.append((request_id, key_id, time.time(), score, comment))
 
     def record(self, row: LedgerRow) -> None:
         """Queue a row (a deque append: never blocks, never raises, no lock on the event loop's side)."""
@@ -99,6 +109,14 @@ class SqliteLedger:
             stopping = self._stopping.wait(self.flush_interval_s)
             while rows and len(pending) < self.batch * 10:
                 pending.append(rows.popleft())
+            feedback = self._feedback
+            if feedback:
+                scores = [feedback.popleft() for _ in range(len(feedback))]
+                try:
+                    conn.executemany(_FEEDBACK, scores)
+                except sqlite3.Error as exc:
+                    feedback.extendleft(reversed(scores))  # kept for the next round
+                    log.warning("ledger: cannot write %d feedback score(s) (%s); retrying", len(scores), exc)
             if pending:
                 try:
                     conn.execute("BEGIN")
@@ -121,6 +139,8 @@ class SqliteLedger:
                         self._spill(pending, exc)
                         pending, failing_since = [], None
             if stopping and not pending and not rows:
+                if self._feedback:
+                    log.error("ledger: %d feedback score(s) could not be written before shutdown", len(self._feedback))
                 conn.close()
                 return
 
