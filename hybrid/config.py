@@ -146,6 +146,17 @@ class LedgerConfig:
 
 
 @dataclass
+class BudgetConfig:
+    name: str = ""
+    key: str = ""  # an api_keys entry (value or env:NAME): the budget of that key's requests...
+    tag: str = ""  # ...or of requests with this tag, "feature=search"
+    period: str = "day"  # day | month (UTC)
+    limit_usd: float = 0.0
+    action: str = "downgrade"  # downgrade: route to downgrade_to once spent; refuse: 429 insufficient_quota
+    downgrade_to: str = "local"
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     backends: list[BackendConfig] = field(default_factory=list)
@@ -154,6 +165,7 @@ class Config:
     cache: CacheConfig = field(default_factory=CacheConfig)
     costs: CostsConfig = field(default_factory=CostsConfig)
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
+    budgets: list[BudgetConfig] = field(default_factory=list)
     source: str = "<embedded default>"
     notes: list[str] = field(default_factory=list)  # what the embedded default decided, said at start-up
 
@@ -222,7 +234,7 @@ def load_config(path: str | Path | None) -> Config:
 
 
 def parse_config(raw: dict[str, Any]) -> Config:
-    known = {"server", "backends", "routing", "limits", "cache", "costs", "ledger"}
+    known = {"server", "backends", "routing", "limits", "cache", "costs", "ledger", "budgets"}
     for key in raw:
         if key not in known:
             raise ConfigError(f"{key}: unknown section (known: {', '.join(sorted(known))})")
@@ -317,8 +329,36 @@ def parse_config(raw: dict[str, Any]) -> Config:
         _check_writable_file(ledger.path, "ledger.path")
     if ledger.flush_interval_s <= 0 or ledger.retry_s < 0:
         raise ConfigError("ledger: flush_interval_s must be > 0 and retry_s >= 0")
+    raw_budgets = raw.get("budgets", [])
+    if not isinstance(raw_budgets, list):
+        raise ConfigError("budgets: must be an array of tables ([[budgets]])")
+    budgets = [_build(BudgetConfig, b, f"budgets[{i}]") for i, b in enumerate(raw_budgets)]
+    seen: set[str] = set()
+    for i, b in enumerate(budgets):
+        path = f"budgets[{i}]"
+        if not _NAME_OK.match(b.name) or b.name in seen:
+            raise ConfigError(f"{path}.name: a unique name of letters, digits, '.', '_', '-' (got {b.name!r})")
+        seen.add(b.name)
+        if bool(b.key) == bool(b.tag):
+            raise ConfigError(f"{path}: give either key (an api_keys entry) or tag (\"feature=search\")")
+        if b.key:
+            b.key = _resolve_key(b.key, f"{path}.key")
+            if b.key not in server.api_keys:
+                raise ConfigError(f"{path}.key: not one of server.api_keys")
+        if b.tag:
+            k, sep, v = b.tag.partition("=")
+            if not sep or not k or not v:
+                raise ConfigError(f"{path}.tag: key=value, e.g. \"feature=search\" (got {b.tag!r})")
+        if b.period not in ("day", "month"):
+            raise ConfigError(f"{path}.period: day or month (got {b.period!r})")
+        if b.limit_usd <= 0:
+            raise ConfigError(f"{path}.limit_usd: must be > 0")
+        if b.action not in ("downgrade", "refuse"):
+            raise ConfigError(f"{path}.action: downgrade or refuse (got {b.action!r})")
+        if b.action == "downgrade" and b.downgrade_to not in {x.tier for x in backends}:
+            raise ConfigError(f"{path}.downgrade_to: no backend has tier {b.downgrade_to!r}")
     return Config(server=server, backends=backends, routing=routing, limits=limits, cache=cache, costs=costs,
-                  ledger=ledger)
+                  ledger=ledger, budgets=budgets)
 
 
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

@@ -96,6 +96,14 @@ class RateLimitError(HybridError):
             self.headers.setdefault("retry-after", str(max(1, int(retry_after_s + 0.999))))
 
 
+class InsufficientQuotaError(HybridError):
+    """A budget is spent and its action is to refuse (OpenAI's own shape for an exhausted quota)."""
+
+    status_code = 429
+    error_type = "insufficient_quota"
+    default_code = "insufficient_quota"
+
+
 class ServerError(HybridError):
     status_code = 500
     error_type = "server_error"

@@ -21,11 +21,13 @@ from typing import Any
 from hybrid import metrics
 from hybrid.answers import Answer, CachedAnswer, Flight, RequestContext
 from hybrid.backends.base import Backend, BackendState
+from hybrid.budgets import Budgets, BudgetStore, LocalBudgetStore, RedisBudgetStore
 from hybrid.cache.cache import CacheLookup, ResponseCache
 from hybrid.config import Config
 from hybrid.costs import Costing
 from hybrid.errors import (
     HybridError,
+    InsufficientQuotaError,
     InvalidRequestError,
     RateLimitError,
     ServiceUnavailableError,
@@ -57,6 +59,11 @@ class Gateway:
         self.cache = cache
         self.ledger = ledger
         self.costing = Costing(config.costs, config.backends)
+        self.budgets: Budgets | None = None
+        if config.budgets:
+            store: BudgetStore = (RedisBudgetStore(config.cache.redis_url) if config.cache.backend == "redis"
+                                  else LocalBudgetStore())
+            self.budgets = Budgets(config.budgets, store, config.server.tenant_secret)
         self.resolver = ModelResolver(backends)
         rc = config.routing
         self.router = Router(rc, self.resolver)
@@ -79,12 +86,16 @@ class Gateway:
         metrics.watch(self.live_gauges)
         if self.ledger is not None:
             await asyncio.to_thread(self.ledger.start)
+            if self.budgets is not None:
+                await asyncio.to_thread(self.budgets.seed_from_ledger, self.ledger.path)
         if self.cache is not None:
             await self.cache.start()
 
     async def stop(self) -> None:
         if self.cache is not None:
             await self.cache.close()
+        if self.budgets is not None:
+            await self.budgets.close()
         if self.ledger is not None:  # after the answers in flight have settled: their rows are queued
             await asyncio.to_thread(self.ledger.close)
         for b in self.backends:
@@ -120,13 +131,24 @@ class Gateway:
                 return hit
         if lookup is not None:
             ctx.cache_status = lookup.status  # for the row of a request turned away after the lookup
+        spent = await self.budgets.check(ctx) if self.budgets is not None else None
+        if spent is not None and spent.budget.cfg.action == "refuse":
+            b = spent.budget.cfg
+            raise InsufficientQuotaError(
+                f"Budget '{b.name}' is spent: ${spent.spent:.4f} of ${b.limit_usd:.2f} this {b.period}."
+            )
         charged = 0
         if self.limiter.enabled:
             # every choice is generated: n of them cost n times the output
             est = len(req.text()) // 4 + (req.max_tokens or DEFAULT_OUTPUT_ESTIMATE) * req.n
             charged = self.limiter.admit(ctx.tenant, est)
         try:
-            decision = await self.router.route(req, ctx.headers.get("x-hybrid-tier"))
+            if spent is not None:  # downgrade: the cheaper tier, whatever was asked
+                b = spent.budget.cfg
+                decision = self.router.tier_decision(b.downgrade_to, f"budget:{b.name}->{b.downgrade_to}",
+                                                     overflow=False)
+            else:
+                decision = await self.router.route(req, ctx.headers.get("x-hybrid-tier"))
             flight = Flight(req, ctx, decision, lookup, charged, started=started, arrived=time.time())
         except BaseException:
             self._refund(ctx, charged)
@@ -307,16 +329,19 @@ class Gateway:
         # a whole answer that broke off is tried on the next target (complete()): that attempt writes the row
         retried = (outcome is False and not flight.req.stream and error is not None and error.retryable
                    and answer.index + 1 < len(flight.decision.targets))
+        if self.ledger is None and self.budgets is None:
+            return
+        prompt, completion, cached = _tokens(usage)
+        cost = self.costing.cost(target.backend.name, target.model, prompt, completion, cached, now - flight.first_at)
+        if self.budgets is not None:
+            self.budgets.charge(flight.ctx, cost)
         if self.ledger is not None and not retried:
-            prompt, completion, cached = _tokens(usage)
             self.ledger.record(LedgerRow(
                 ts=flight.arrived, request_id=flight.ctx.request_id, key_id=flight.ctx.key_id,
                 requested_model=flight.req.model, tier=target.tier, backend=target.backend.name,
                 served_model=target.model, status=status, cache=flight.cache_status, prompt_tokens=prompt,
                 completion_tokens=completion, cached_tokens=cached,
-                cost=self.costing.cost(target.backend.name, target.model, prompt, completion, cached,
-                                       now - flight.first_at),
-                counterfactual_cost=self.costing.counterfactual(prompt, completion), latency_s=now - flight.started,
+                cost=cost, counterfactual_cost=self.costing.counterfactual(prompt, completion), latency_s=now - flight.started,
                 ttft_s=flight.first_at - flight.started, route_reason=answer.reason, tags=flight.ctx.tags,
             ))
 
@@ -388,6 +413,10 @@ class Gateway:
         out[("hybrid_cache_hit_ratio", "Share of cache lookups answered from the cache since start")] = [
             ({}, hits / looked if looked else 0.0)
         ]
+        if self.budgets is not None:
+            out[("hybrid_budget_remaining_usd", "What is left of each budget this period (as last seen)")] = (
+                self.budgets.gauges()
+            )
         return out
 
     def _refund(self, ctx: RequestContext, charged: int) -> None:

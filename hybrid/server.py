@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import hashlib
 import hmac
 import logging
 import os
@@ -40,6 +39,7 @@ from hybrid.errors import (
     ServiceUnavailableError,
 )
 from hybrid.gateway import Gateway
+from hybrid.identity import key_id
 from hybrid.tags import HEADER as TAGS_HEADER
 from hybrid.tags import request_tags
 from hybrid.protocol import (
@@ -85,13 +85,6 @@ def error_response(err: HybridError) -> JSONResponse:
 
 AnyResponse = Response | JSONResponse
 Handler = Callable[[Request], Awaitable[AnyResponse]]
-
-
-def key_id(api_key: str, secret: str = "") -> str:
-    """A key's stable id (tenant of its cache entries and limits, in logs): a keyed hash, never the key or its
-    position in the config. ``secret`` (``server.tenant_secret``) makes the ids unguessable from a guessed key."""
-    digest = hmac.new(("hybrid-tenant\x00" + secret).encode(), api_key.encode(), hashlib.sha256).hexdigest()
-    return "key:" + digest[:20]
 
 
 class RequestMiddleware:
