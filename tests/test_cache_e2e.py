@@ -19,7 +19,6 @@ from tests.conftest import sdk
 from tests.procs import (
     ManagedProcess,
     RedisServer,
-    redisearch_module,
     start_router,
     valkey_binary,
 )
@@ -318,13 +317,6 @@ def _cli(tmp_path: Path, proc: ManagedProcess, action: str) -> dict[str, object]
 
 
 # --------------------------------------------------------------------------------------------- Redis
-
-
-@pytest.fixture()
-def valkey() -> Iterator[RedisServer]:
-    server = RedisServer(valkey_binary(), redisearch_module()).start()
-    yield server
-    server.stop()
 
 
 def test_two_routers_share_hits_through_redis(faults: ManagedProcess, valkey: RedisServer, tmp_path: Path) -> None:
