@@ -146,6 +146,12 @@ class LedgerConfig:
 
 
 @dataclass
+class MetricsConfig:
+    # tag keys whose values become labels on /metrics (hybrid_tagged_*): only keys whose values are few
+    tag_labels: list[str] = field(default_factory=list)
+
+
+@dataclass
 class BudgetConfig:
     name: str = ""
     key: str = ""  # an api_keys entry (value or env:NAME): the budget of that key's requests...
@@ -166,6 +172,7 @@ class Config:
     costs: CostsConfig = field(default_factory=CostsConfig)
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
     budgets: list[BudgetConfig] = field(default_factory=list)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     source: str = "<embedded default>"
     notes: list[str] = field(default_factory=list)  # what the embedded default decided, said at start-up
 
@@ -234,7 +241,7 @@ def load_config(path: str | Path | None) -> Config:
 
 
 def parse_config(raw: dict[str, Any]) -> Config:
-    known = {"server", "backends", "routing", "limits", "cache", "costs", "ledger", "budgets"}
+    known = {"server", "backends", "routing", "limits", "cache", "costs", "ledger", "budgets", "metrics"}
     for key in raw:
         if key not in known:
             raise ConfigError(f"{key}: unknown section (known: {', '.join(sorted(known))})")
@@ -357,8 +364,12 @@ def parse_config(raw: dict[str, Any]) -> Config:
             raise ConfigError(f"{path}.action: downgrade or refuse (got {b.action!r})")
         if b.action == "downgrade" and b.downgrade_to not in {x.tier for x in backends}:
             raise ConfigError(f"{path}.downgrade_to: no backend has tier {b.downgrade_to!r}")
+    metrics = _build(MetricsConfig, raw.get("metrics", {}), "metrics")
+    for i, key in enumerate(metrics.tag_labels):
+        if not re.match(r"^[a-z][a-z0-9_.-]{0,31}$", key):
+            raise ConfigError(f"metrics.tag_labels[{i}]: not a tag key (got {key!r})")
     return Config(server=server, backends=backends, routing=routing, limits=limits, cache=cache, costs=costs,
-                  ledger=ledger, budgets=budgets)
+                  ledger=ledger, budgets=budgets, metrics=metrics)
 
 
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

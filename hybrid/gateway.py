@@ -121,7 +121,6 @@ class Gateway:
         try:
             return await self._handle(req, ctx, started)
         except HybridError as err:
-            metrics.child(metrics.REQUESTS, "none", "none", "none", "none", str(err.status_code)).inc()
             self._record_failure(req, ctx, started, err)
             raise
 
@@ -335,10 +334,13 @@ class Gateway:
         # a whole answer that broke off is tried on the next target (complete()): that attempt writes the row
         retried = (outcome is False and not flight.req.stream and error is not None and error.retryable
                    and answer.index + 1 < len(flight.decision.targets))
-        if self.ledger is None and self.budgets is None:
-            return
         prompt, completion, cached = _tokens(usage)
         cost = self.costing.cost(target.backend.name, target.model, prompt, completion, cached, now - flight.first_at)
+        counterfactual = self.costing.counterfactual(prompt, completion)
+        metrics.child(metrics.COST, target.tier, target.backend.name, target.model).inc(cost)
+        metrics.child(metrics.COUNTERFACTUAL, target.tier, target.backend.name, target.model).inc(counterfactual)
+        if self.config.metrics.tag_labels and flight.ctx.tags:
+            metrics.count_tags(flight.ctx.tags, self.config.metrics.tag_labels, cost)
         if self.budgets is not None:
             self.budgets.charge(flight.ctx, cost)
         if self.ledger is not None and not retried:
@@ -347,7 +349,7 @@ class Gateway:
                 requested_model=flight.req.model, tier=target.tier, backend=target.backend.name,
                 served_model=target.model, status=status, cache=flight.cache_status, prompt_tokens=prompt,
                 completion_tokens=completion, cached_tokens=cached,
-                cost=cost, counterfactual_cost=self.costing.counterfactual(prompt, completion), latency_s=now - flight.started,
+                cost=cost, counterfactual_cost=counterfactual, latency_s=now - flight.started,
                 ttft_s=flight.first_at - flight.started, route_reason=answer.reason, tags=flight.ctx.tags,
             ))
 
@@ -369,18 +371,24 @@ class Gateway:
         metrics.child(metrics.LATENCY, "cache", hit.lookup.status).observe(latency)
         if hit.usage:
             self._count_tokens("cache", hit.store, model, hit.usage)
+        prompt, completion, cached = _tokens(hit.usage or {})
+        counterfactual = self.costing.counterfactual(prompt, completion)
+        metrics.child(metrics.COUNTERFACTUAL, "cache", hit.store, model).inc(counterfactual)
+        if self.config.metrics.tag_labels and hit.ctx.tags:
+            metrics.count_tags(hit.ctx.tags, self.config.metrics.tag_labels, 0.0)
         if self.ledger is not None:
-            prompt, completion, cached = _tokens(hit.usage or {})
             self.ledger.record(LedgerRow(
                 ts=time.time() - latency, request_id=hit.ctx.request_id, key_id=hit.ctx.key_id,
                 requested_model=hit.req.model, tier="cache", backend=hit.store, served_model=model, status="ok",
                 cache=hit.lookup.status, prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached,
-                cost=0.0, counterfactual_cost=self.costing.counterfactual(prompt, completion), latency_s=latency,
+                cost=0.0, counterfactual_cost=counterfactual, latency_s=latency,
                 ttft_s=latency, route_reason=f"cache:{hit.lookup.status}", tags=hit.ctx.tags,
             ))
 
     def _record_failure(self, req: InferenceRequest, ctx: RequestContext, started: float, err: HybridError) -> None:
-        """The row of a request that got no answer at all (every backend failed, a limit, a bad request)."""
+        """The metric and the row of a request that got no answer at all (every backend failed, a limit, a bad
+        request)."""
+        metrics.child(metrics.REQUESTS, "none", "none", "none", ctx.cache_status, str(err.status_code)).inc()
         if self.ledger is None:
             return
         latency = time.perf_counter() - started

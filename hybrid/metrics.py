@@ -32,6 +32,43 @@ TOKENS = Counter(
     "hybrid_tokens", "Tokens of answered requests (prompt, completion)",
     ["tier", "backend", "model", "kind"], registry=REGISTRY,
 )
+COST = Counter(
+    "hybrid_cost_usd", "What answers cost, in US dollars (cache hits: nothing)", ["tier", "backend", "model"],
+    registry=REGISTRY,
+)
+COUNTERFACTUAL = Counter(
+    "hybrid_counterfactual_cost_usd", "What the same tokens would have cost on the reference cloud model",
+    ["tier", "backend", "model"], registry=REGISTRY,
+)
+TAGGED_REQUESTS = Counter(
+    "hybrid_tagged_requests", "Answers by the value of each tag listed in [metrics] tag_labels",
+    ["tag", "value"], registry=REGISTRY,
+)
+TAGGED_COST = Counter(
+    "hybrid_tagged_cost_usd", "Cost by the value of each tag listed in [metrics] tag_labels", ["tag", "value"],
+    registry=REGISTRY,
+)
+MAX_TAG_VALUES = 1000  # distinct values of one tag key as labels; the rest are counted as "(other)"
+_tag_values: dict[str, set[str]] = {}
+
+
+def count_tags(tags: dict[str, str], keys: list[str], cost: float) -> None:
+    """Tag values become labels only for the keys an operator listed, and at most MAX_TAG_VALUES of each."""
+    for key in keys:
+        value = tags.get(key)
+        if value is None:
+            continue
+        seen = _tag_values.setdefault(key, set())
+        if value not in seen:
+            if len(seen) >= MAX_TAG_VALUES:
+                value = "(other)"
+            else:
+                seen.add(value)
+        child(TAGGED_REQUESTS, key, value).inc()
+        if cost > 0:
+            child(TAGGED_COST, key, value).inc(cost)
+
+
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 LATENCY = Histogram(
     "hybrid_request_duration_seconds", "From the request's arrival at the gateway to the answer's end",

@@ -265,3 +265,25 @@ def test_feedback_lands_next_to_cost_and_only_on_the_callers_own_requests(router
 
     (rated,) = [g for g in build_report(work / "ledger.sqlite3", 3600, "feature") if g.group == "rated"]
     assert (rated.requests, rated.feedback, rated.mean_score) == (3, 2, 0.5)
+
+
+def test_metrics_carry_cost_and_the_listed_tags_only(faults: ManagedProcess, work: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    router = start_router(_config(faults, work) + '\n[metrics]\ntag_labels = ["feature"]\n', work, key=KEY)
+    try:
+        client = sdk(router.url, api_key=KEY)
+        for feature in ("search", "search", "chat"):
+            client.chat.completions.create(model="cloud", messages=[{"role": "user", "content": "hi"}],
+                                           extra_headers={"x-hybrid-tags": f"feature={feature},user=u{feature}"})
+        samples = [s for f in text_string_to_metric_families(router.get("/metrics").text) for s in f.samples]
+        tagged = {s.labels["value"]: s.value for s in samples
+                  if s.name == "hybrid_tagged_requests_total" and s.labels["tag"] == "feature"}
+        assert tagged == {"search": 2.0, "chat": 1.0}
+        assert not [s for s in samples if s.name.startswith("hybrid_tagged") and s.labels.get("tag") == "user"]
+        cost = sum(s.value for s in samples if s.name == "hybrid_cost_usd_total" and s.labels["tier"] == "cloud")
+        rows = _wait_rows(work, 3)
+        assert cost == pytest.approx(sum(float(r["cost"]) for r in rows))  # type: ignore[arg-type]
+        assert sum(s.value for s in samples if s.name == "hybrid_counterfactual_cost_usd_total") > cost
+    finally:
+        router.stop()
