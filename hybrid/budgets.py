@@ -16,7 +16,6 @@ import asyncio
 import datetime as dt
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 from prometheus_client import Counter
@@ -24,6 +23,8 @@ from prometheus_client import Counter
 from hybrid.answers import RequestContext
 from hybrid.config import BudgetConfig
 from hybrid.identity import key_id
+from hybrid.ledger import Ledger
+from hybrid.ledger.query import DIALECTS
 from hybrid.metrics import REGISTRY
 
 log = logging.getLogger("hybrid.budgets")
@@ -155,28 +156,29 @@ class Budgets:
             BUDGET_ERRORS.inc()
             log.warning("budgets: cannot add %.6f to %s (%s)", cost, ", ".join(b.cfg.name for b in budgets), exc)
 
-    def seed_from_ledger(self, path: Path) -> None:
+    def seed_from_ledger(self, ledger: Ledger) -> None:
         """A local store starts from the ledger's spend in each budget's current period."""
-        if not isinstance(self.store, LocalBudgetStore) or not path.exists():
+        if not isinstance(self.store, LocalBudgetStore):
             return
-        from hybrid.ledger.sqlite import connect
-
+        dialect = DIALECTS[ledger.store.name]
         now = _now()
-        conn = connect(path)
+        conn = ledger.store.connect()
         try:
             for b, (key, _) in zip(self.budgets, self._keys(self.budgets, now)):
                 _, start, _ = b.period(now)
                 if b.key_id is not None:
-                    where, arg = "key_id = ?", b.key_id
+                    where, arg = f"key_id = {dialect.param}", b.key_id
                 else:
                     assert b.tag is not None
-                    where, arg = f"json_extract(tags, '$.\"{b.tag[0]}\"') = ?", b.tag[1]
-                row = conn.execute(f"SELECT COALESCE(SUM(cost), 0) FROM requests WHERE ts >= ? AND {where}",
-                                   (start.timestamp(), arg)).fetchone()
+                    where, arg = f"{dialect.tag(b.tag[0])} = {dialect.param}", b.tag[1]
+                row = conn.execute(
+                    f"SELECT COALESCE(SUM(cost), 0) FROM requests WHERE ts >= {dialect.param} AND {where}",
+                    (start.timestamp(), arg),
+                ).fetchone()
                 self.store.values[key] = float(row[0])
                 self.last_spent[b.cfg.name] = float(row[0])
         finally:
-            conn.close()
+            ledger.store.close(conn)
 
     def gauges(self) -> list[tuple[dict[str, str], float]]:
         return [({"budget": b.cfg.name}, b.cfg.limit_usd - self.last_spent.get(b.cfg.name, 0.0))

@@ -139,8 +139,9 @@ class CostsConfig:
 
 @dataclass
 class LedgerConfig:
-    backend: str = "sqlite"  # sqlite | off
-    path: str = ""  # "" : ledger.sqlite3 in the data folder (HYBRID_DATA_DIR)
+    backend: str = "sqlite"  # sqlite | postgres | off
+    path: str = ""  # sqlite: "" : ledger.sqlite3 in the data folder (HYBRID_DATA_DIR)
+    dsn: str = ""  # postgres: a libpq URI, or env:NAME
     flush_interval_s: float = 0.5
     retry_s: float = 30.0  # a batch the database refuses this long is spilled to a file next to it
 
@@ -330,8 +331,12 @@ def parse_config(raw: dict[str, Any]) -> Config:
         raise ConfigError(f"costs.reference_model: {costs.reference_model!r} is not in models/prices.toml "
                           f"(known: {', '.join(sorted(load_prices()))})")
     ledger = _build(LedgerConfig, raw.get("ledger", {}), "ledger")
-    if ledger.backend not in ("sqlite", "off"):
-        raise ConfigError(f"ledger.backend: must be sqlite or off (got {ledger.backend!r})")
+    if ledger.backend not in ("sqlite", "postgres", "off"):
+        raise ConfigError(f"ledger.backend: must be sqlite, postgres or off (got {ledger.backend!r})")
+    if ledger.backend == "postgres":
+        if not ledger.dsn:
+            raise ConfigError("ledger.dsn: required for backend 'postgres' (a postgresql:// URI or env:NAME)")
+        ledger.dsn = _resolve_key(ledger.dsn, "ledger.dsn")
     if ledger.path:
         _check_writable_file(ledger.path, "ledger.path")
     if ledger.flush_interval_s <= 0 or ledger.retry_s < 0:

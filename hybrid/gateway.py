@@ -33,7 +33,7 @@ from hybrid.errors import (
     ServiceUnavailableError,
     UpstreamError,
 )
-from hybrid.ledger import LedgerRow, SqliteLedger
+from hybrid.ledger import Ledger, LedgerRow
 from hybrid.limits import RateLimiter, RedisRateLimiter
 from hybrid.protocol import Chunk, InferenceRequest, assemble, make_usage
 from hybrid.routing.breaker import CircuitBreaker
@@ -52,7 +52,7 @@ class Gateway:
         config: Config,
         backends: list[Backend],
         cache: ResponseCache | None = None,
-        ledger: SqliteLedger | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         self.config = config
         self.backends = backends
@@ -92,7 +92,7 @@ class Gateway:
         if self.ledger is not None:
             await asyncio.to_thread(self.ledger.start)
             if self.budgets is not None:
-                await asyncio.to_thread(self.budgets.seed_from_ledger, self.ledger.path)
+                await asyncio.to_thread(self.budgets.seed_from_ledger, self.ledger)
         if self.cache is not None:
             await self.cache.start()
 

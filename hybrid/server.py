@@ -40,8 +40,6 @@ from hybrid.errors import (
 )
 from hybrid.gateway import Gateway
 from hybrid.identity import key_id
-from hybrid.tags import HEADER as TAGS_HEADER
-from hybrid.tags import request_tags
 from hybrid.protocol import (
     SSE_DONE,
     InferenceRequest,
@@ -53,6 +51,8 @@ from hybrid.protocol import (
     sse_event,
     to_text_completion_chunk,
 )
+from hybrid.tags import HEADER as TAGS_HEADER
+from hybrid.tags import request_tags
 
 log = logging.getLogger("hybrid.server")
 
@@ -190,7 +190,6 @@ class HybridApp:
         self.config = config
         if gateway is None:
             from hybrid.cache import build_cache
-
             from hybrid.ledger import build_ledger
 
             backends = [create_backend(b) for b in config.backends]

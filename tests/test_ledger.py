@@ -167,7 +167,7 @@ def test_rows_survive_a_locked_database_and_a_spill_across_restarts(faults: Mana
         for i in range(5):
             client.chat.completions.create(model="cloud", messages=[{"role": "user", "content": f"during {i}"}])
         deadline = time.monotonic() + 10
-        while not list(work.glob("ledger.sqlite3.spill-*.jsonl")):
+        while not list(work.glob("ledger-sqlite.spill-*.jsonl")):
             assert time.monotonic() < deadline, "nothing was spilled"
             time.sleep(0.05)
         lock.execute("ROLLBACK")
@@ -178,7 +178,7 @@ def test_rows_survive_a_locked_database_and_a_spill_across_restarts(faults: Mana
     again = start_router(_config(faults, work), work, key=KEY)  # reads the spill back in at start
     try:
         rows = _wait_rows(work, 6)
-        assert len(rows) == 6 and not list(work.glob("ledger.sqlite3.spill-*.jsonl"))
+        assert len(rows) == 6 and not list(work.glob("ledger-sqlite.spill-*.jsonl"))
     finally:
         again.stop()
 

@@ -16,9 +16,11 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 
+from hybrid.ledger.query import POSTGRES, SQLITE, Dialect
 from hybrid.ledger.sqlite import connect
 
 COLUMN_GROUPS = {"tier": "tier", "model": "served_model", "key": "key_id", "backend": "backend", "status": "status"}
@@ -52,31 +54,38 @@ def parse_since(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-def group_expression(by: str) -> str:
+def group_expression(by: str, dialect: Dialect = SQLITE) -> str:
     if by in COLUMN_GROUPS:
         return "r." + COLUMN_GROUPS[by]
     if not _TAG.match(by):
         raise ValueError(f"--by: tier, model, key, backend, status or a tag name (got {by!r})")
-    return f"COALESCE(json_extract(r.tags, '$.\"{by}\"'), '(none)')"
+    return f"COALESCE({dialect.tag(by, 'r')}, '(none)')"
 
 
-def build_report(path: Path, since_s: float, by: str, now: float | None = None) -> list[GroupReport]:
-    """One pass of SQLite over the period: sums per group and a latency histogram in 1 ms buckets, from which the
-    percentiles are read (exact to the millisecond; no row leaves SQLite)."""
-    expr = group_expression(by)
+def build_report(source: Path | Any, since_s: float, by: str, now: float | None = None,
+                 dialect: Dialect = SQLITE) -> list[GroupReport]:
+    """One pass of the database over the period: sums per group and a latency histogram in 1 ms buckets, from
+    which the percentiles are read (exact to the millisecond; no row leaves the database). ``source``: a SQLite
+    file, or an open connection in ``dialect``."""
+    expr = group_expression(by, dialect)
     start = (now or time.time()) - since_s
-    conn = connect(path)
+    conn = connect(source) if isinstance(source, Path) else source
+    p = dialect.param
     try:
+        percent = "%%" if p == "%s" else "%"  # a literal % next to psycopg's placeholders
+        errors_sql = dialect.count("r.status NOT IN ('ok', 'abandoned')")
+        hits_sql = dialect.count(f"r.cache LIKE 'hit-{percent}'")
         cells = conn.execute(
-            f"SELECT {expr} AS g, CAST(latency_s * 1000 AS INTEGER) AS ms, COUNT(*), "
-            "SUM(status NOT IN ('ok', 'abandoned')), SUM(prompt_tokens), SUM(completion_tokens), SUM(cost), "
-            "SUM(counterfactual_cost), SUM(cache LIKE 'hit-%'), COUNT(f.score), SUM(f.score) FROM requests r "
-            "LEFT JOIN feedback f ON f.request_id = r.request_id AND f.key_id = r.key_id "
-            "WHERE r.ts >= ? GROUP BY g, ms",
+            f"SELECT {expr} AS g, {dialect.ms('r.latency_s')} AS ms, COUNT(*), {errors_sql}, "
+            f"SUM(r.prompt_tokens), SUM(r.completion_tokens), SUM(r.cost), SUM(r.counterfactual_cost), {hits_sql}, "
+            "COUNT(f.score), "
+            "SUM(f.score) FROM requests r LEFT JOIN feedback f ON f.request_id = r.request_id "
+            f"AND f.key_id = r.key_id WHERE r.ts >= {p} GROUP BY 1, 2",
             (start,),
         ).fetchall()
     finally:
-        conn.close()
+        if isinstance(source, Path):
+            conn.close()
     groups: dict[str, list[tuple[int, ...]]] = {}
     for g, *rest in cells:
         groups.setdefault(str(g), []).append(tuple(rest))
@@ -140,15 +149,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hybrid.config import ConfigError, load_config
-    from hybrid.paths import data_dir
+    from hybrid.ledger import sqlite_path
 
     cfg = load_config(args.config)
-    path = Path(cfg.ledger.path).expanduser() if cfg.ledger.path else data_dir() / "ledger.sqlite3"
-    if cfg.ledger.backend == "off" or not path.exists():
-        raise ConfigError(f"no ledger at {path} (ledger.backend = {cfg.ledger.backend!r})")
     try:
         since_s = parse_since(args.since)
-        rows = build_report(path, since_s, args.by)
+        if cfg.ledger.backend == "postgres":
+            from hybrid.ledger.postgres import connect as pg_connect
+
+            with pg_connect(cfg.ledger.dsn) as conn:
+                rows = build_report(conn, since_s, args.by, dialect=POSTGRES)
+        else:
+            path = sqlite_path(cfg)
+            if cfg.ledger.backend == "off" or not path.exists():
+                raise ConfigError(f"no ledger at {path} (ledger.backend = {cfg.ledger.backend!r})")
+            rows = build_report(path, since_s, args.by)
     except (ValueError, argparse.ArgumentTypeError) as exc:
         print(f"hybrid report: {exc}", file=sys.stderr)
         return 2

@@ -1,32 +1,14 @@
-"""The usage ledger in SQLite (WAL): rows queued by the event loop, written in batches by one thread.
-
-No row is lost: a batch that cannot be written (the database locked, the disk full) stays queued and is retried
-with backoff; rows that still cannot be written after ``retry_s`` are spilled to a JSON-lines file next to the
-database, with a log line and ``hybrid_ledger_spilled_rows_total``, and read back in at the next start. Closing
-(the server's shutdown, SIGTERM included) writes everything still queued.
-"""
+"""The ledger in SQLite (WAL): the embedded default, one file in the data folder, created readable by its owner
+only (it holds tags and key ids)."""
 
 from __future__ import annotations
 
-import logging
 import os
 import sqlite3
-import threading
-import time
-from collections import deque
 from pathlib import Path
 
-from prometheus_client import Counter
-
 from hybrid.ledger.rows import COLUMNS, LedgerRow
-from hybrid.metrics import REGISTRY
-
-log = logging.getLogger("hybrid.ledger")
-
-ROWS_WRITTEN = Counter("hybrid_ledger_rows", "Ledger rows written", registry=REGISTRY)
-ROWS_SPILLED = Counter(
-    "hybrid_ledger_spilled_rows", "Ledger rows the database could not take, kept in a spill file", registry=REGISTRY
-)
+from hybrid.ledger.writer import Feedback
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -42,8 +24,8 @@ CREATE TABLE IF NOT EXISTS feedback (
     PRIMARY KEY (request_id, key_id)
 );
 """
-_FEEDBACK = "INSERT OR REPLACE INTO feedback (request_id, key_id, ts, score, comment) VALUES (?, ?, ?, ?, ?)"
 _INSERT = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+_FEEDBACK = "INSERT OR REPLACE INTO feedback (request_id, key_id, ts, score, comment) VALUES (?, ?, ?, ?, ?)"
 
 
 def connect(path: Path | str, timeout: float = 1.0) -> sqlite3.Connection:
@@ -53,114 +35,35 @@ def connect(path: Path | str, timeout: float = 1.0) -> sqlite3.Connection:
     return conn
 
 
-class SqliteLedger:
+class SqliteStore:
     name = "sqlite"
 
-    def __init__(self, path: Path, flush_interval_s: float = 0.5, retry_s: float = 30.0, batch: int = 1000) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
-        self.flush_interval_s = flush_interval_s
-        self.retry_s = retry_s
-        self.batch = batch
-        self._rows: deque[LedgerRow] = deque()
-        self._feedback: deque[tuple[str, str, float, float, str]] = deque()
-        self._stopping = threading.Event()
-        self._writer: threading.Thread | None = None
+        self._ready = False
 
-    @property
-    def spill_glob(self) -> str:
-        return self.path.name + ".spill-*.jsonl"
-
-    def start(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))  # tags and key ids: the owner's eyes only
-        conn = connect(self.path, timeout=10.0)
-        try:
-            conn.executescript(SCHEMA)
-            self._recover(conn)
-        finally:
-            conn.close()
-        self._writer = threading.Thread(target=self._write_loop, name="ledger-writer", daemon=True)
-        self._writer.start()
-
-    def feedback(self, request_id: str, key_id: str, score: float, comment: str) -> None:
-        """Queue a client's score for one of its requests (the last one given counts)."""
-        self._feedback.append((request_id, key_id, time.time(), score, comment))
-
-    def record(self, row: LedgerRow) -> None:
-        """Queue a row (a deque append: never blocks, never raises, no lock on the event loop's side)."""
-        self._rows.append(row)
-
-    def close(self, timeout: float = 30.0) -> None:
-        """Write what is queued, then stop."""
-        if self._writer is None:
-            return
-        self._stopping.set()
-        self._writer.join(timeout)
-        self._writer = None
-
-    # ---------------------------------------------------------------- writer thread
-
-    def _write_loop(self) -> None:
+    def connect(self) -> sqlite3.Connection:
+        if not self._ready:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
         conn = connect(self.path)
-        pending: list[LedgerRow] = []
-        failing_since: float | None = None
-        rows = self._rows
-        while True:
-            stopping = self._stopping.wait(self.flush_interval_s)
-            while rows and len(pending) < self.batch * 10:
-                pending.append(rows.popleft())
-            feedback = self._feedback
-            if feedback:
-                scores = [feedback.popleft() for _ in range(len(feedback))]
-                try:
-                    conn.executemany(_FEEDBACK, scores)
-                except sqlite3.Error as exc:
-                    feedback.extendleft(reversed(scores))  # kept for the next round
-                    log.warning("ledger: cannot write %d feedback score(s) (%s); retrying", len(scores), exc)
-            if pending:
-                try:
-                    conn.execute("BEGIN")
-                    conn.executemany(_INSERT, [row.values() for row in pending])
-                    conn.execute("COMMIT")
-                    ROWS_WRITTEN.inc(len(pending))
-                    if failing_since is not None:
-                        log.warning("ledger: writing again after %.1fs", time.monotonic() - failing_since)
-                    pending, failing_since = [], None
-                except sqlite3.Error as exc:
-                    try:
-                        conn.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        pass
-                    now = time.monotonic()
-                    if failing_since is None:
-                        failing_since = now
-                        log.warning("ledger: cannot write %d row(s) (%s); retrying", len(pending), exc)
-                    if stopping or now - failing_since > self.retry_s:
-                        self._spill(pending, exc)
-                        pending, failing_since = [], None
-            if stopping and not pending and not rows:
-                if self._feedback:
-                    log.error("ledger: %d feedback score(s) could not be written before shutdown", len(self._feedback))
-                conn.close()
-                return
+        if not self._ready:
+            conn.executescript(SCHEMA)
+            self._ready = True
+        return conn
 
-    def _spill(self, rows: list[LedgerRow], exc: Exception) -> None:
-        spill = self.path.with_name(f"{self.path.name}.spill-{int(time.time() * 1000)}-{os.getpid()}.jsonl")
-        fd = os.open(spill, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            for row in rows:
-                f.write(row.to_json() + b"\n")
-            f.flush()
-            os.fsync(f.fileno())
-        ROWS_SPILLED.inc(len(rows))
-        log.error("ledger: the database refused %d row(s) (%s); kept in %s, read back in at the next start",
-                  len(rows), exc, spill)
-
-    def _recover(self, conn: sqlite3.Connection) -> None:
-        for spill in sorted(self.path.parent.glob(self.spill_glob)):
-            rows = [LedgerRow.from_json(line) for line in spill.read_bytes().splitlines() if line.strip()]
+    def insert(self, conn: sqlite3.Connection, rows: list[LedgerRow]) -> None:
+        try:
             conn.execute("BEGIN")
             conn.executemany(_INSERT, [row.values() for row in rows])
             conn.execute("COMMIT")
-            spill.unlink()
-            log.info("ledger: %d spilled row(s) from %s written", len(rows), spill.name)
+        except sqlite3.Error:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def insert_feedback(self, conn: sqlite3.Connection, items: list[Feedback]) -> None:
+        conn.executemany(_FEEDBACK, items)
+
+    def close(self, conn: sqlite3.Connection) -> None:
+        conn.close()
