@@ -287,3 +287,40 @@ def test_metrics_carry_cost_and_the_listed_tags_only(faults: ManagedProcess, wor
         assert sum(s.value for s in samples if s.name == "hybrid_counterfactual_cost_usd_total") > cost
     finally:
         router.stop()
+
+
+def test_a_database_away_for_long_is_spilled_to_disk_not_held_in_memory(tmp_path: Path) -> None:
+    """Past retry_s every queued row goes to a spill file each round, so memory stays bounded for any outage."""
+    from hybrid.ledger.rows import LedgerRow
+    from hybrid.ledger.sqlite import SqliteStore
+    from hybrid.ledger.writer import Ledger
+
+    class Away(SqliteStore):  # a database that never comes back: what a healthy one never does
+        down = True
+
+        def connect(self):  # type: ignore[no-untyped-def]
+            if self.down:
+                raise sqlite3.OperationalError("unable to open database file")
+            return super().connect()
+
+    store = Away(tmp_path / "ledger.sqlite3")
+    store.down = False
+    ledger = Ledger(store, tmp_path, flush_interval_s=0.01, retry_s=0.05, batch=100)
+    ledger.start()
+    store.down = True
+    row = LedgerRow(ts=time.time(), request_id="r", key_id="k", requested_model="m", tier="cloud", backend="b",
+                    served_model="m", status="ok", cache="off")
+    for _ in range(25_000):  # 25x the batch, in one burst
+        ledger.record(row)
+    deadline = time.monotonic() + 20
+    while ledger._rows:
+        assert time.monotonic() < deadline, "rows stayed queued in memory"
+        time.sleep(0.01)
+    ledger.close()
+    spilled = sum(len(p.read_bytes().splitlines()) for p in tmp_path.glob("ledger-sqlite.spill-*.jsonl"))
+    assert spilled == 25_000
+    store.down = False
+    again = Ledger(store, tmp_path)
+    again.start()  # the next start writes them
+    again.close()
+    assert not list(tmp_path.glob("ledger-sqlite.spill-*.jsonl")) and len(_rows(tmp_path)) == 25_000

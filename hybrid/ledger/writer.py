@@ -31,6 +31,7 @@ ROWS_SPILLED = Counter(
 )
 
 Feedback = tuple[str, str, float, float, str]  # request id, key id, time, score, comment
+MAX_QUEUED_FEEDBACK = 50_000
 
 
 class LedgerStore(Protocol):
@@ -59,7 +60,8 @@ class Ledger:
         self.retry_s = retry_s
         self.batch = batch
         self._rows: deque[LedgerRow] = deque()
-        self._feedback: deque[Feedback] = deque()
+        # scores wait in memory only (no spill): at most this many, the oldest dropped first while the database is away
+        self._feedback: deque[Feedback] = deque(maxlen=MAX_QUEUED_FEEDBACK)
         self._stopping = threading.Event()
         self._writer: threading.Thread | None = None
 
@@ -136,8 +138,11 @@ class Ledger:
                         failing_since = now
                         log.warning("ledger: cannot write %d row(s) (%s); retrying", len(pending), exc)
                     if pending and (stopping or now - failing_since > self.retry_s):
+                        # past the retry window everything queued goes to disk at each round, until a write
+                        # succeeds again: memory stays bounded however long the database is away
+                        pending.extend(rows.popleft() for _ in range(len(rows)))
                         self._spill(pending, exc)
-                        pending, failing_since = [], None
+                        pending = []
             if stopping and not pending and not rows:
                 if feedback:
                     log.error("ledger: %d feedback score(s) could not be written before shutdown", len(feedback))
