@@ -35,6 +35,8 @@ class ServerConfig:
     api_keys: list[str] = field(default_factory=list)
     # teams share cache entries: {"support" = ["env:KEY_A", "env:KEY_B"]}; keys listed here need no api_keys entry
     teams: dict[str, list[str]] = field(default_factory=dict)
+    # keys (values or env:NAME) that may open GET /dashboard; empty: any API key (or anyone, with no keys)
+    admin_keys: list[str] = field(default_factory=list)
     # default tags of a key's requests, by the key as api_keys names it: {"env:KEY_A" = {app = "search"}}
     key_tags: dict[str, dict[str, str]] = field(default_factory=dict)
     # a secret for the keyed hash that turns an API key into its tenant id (cache scope, limits); "" : a built-in
@@ -256,6 +258,8 @@ def parse_config(raw: dict[str, Any]) -> Config:
     }
     for keys in server.teams.values():
         server.api_keys.extend(k for k in keys if k not in server.api_keys)
+    server.admin_keys = [_resolve_key(v, f"server.admin_keys[{i}]") for i, v in enumerate(server.admin_keys)]
+    server.api_keys.extend(k for k in server.admin_keys if k not in server.api_keys)
     from hybrid.tags import request_tags
 
     resolved_tags: dict[str, dict[str, str]] = {}

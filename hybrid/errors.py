@@ -63,6 +63,12 @@ class AuthenticationError(HybridError):
     default_code = "invalid_api_key"
 
 
+class PermissionDeniedError(HybridError):
+    status_code = 403
+    error_type = "invalid_request_error"
+    default_code = "permission_denied"
+
+
 class NotFoundError(HybridError):
     status_code = 404
     error_type = "invalid_request_error"

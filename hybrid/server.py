@@ -34,6 +34,7 @@ from hybrid.errors import (
     MethodNotAllowedError,
     ModelNotFoundError,
     NotFoundError,
+    PermissionDeniedError,
     RequestTooLargeError,
     ServerError,
     ServiceUnavailableError,
@@ -196,6 +197,8 @@ class HybridApp:
             gateway = Gateway(config, backends, build_cache(config), build_ledger(config))
         self.gateway = gateway
         self.max_body = config.server.max_body_bytes
+        secret = config.server.tenant_secret
+        self.admin_ids = frozenset(key_id(k, secret) for k in config.server.admin_keys)
 
     # ------------------------------------------------------------------------------------------ helpers
 
@@ -294,6 +297,39 @@ class HybridApp:
         ledger.feedback(rid, request.scope["state"].get("key_id", ""), float(score), comment)
         return JSONResponse({"object": "feedback", "request_id": rid, "status": "recorded"})
 
+    async def dashboard(self, request: Request) -> AnyResponse:
+        """The costs-and-savings page (hybrid/dashboard.py), for admin keys (``server.admin_keys``) or, without
+        any, for every key."""
+        from hybrid import dashboard
+        from hybrid.ledger.query import DIALECTS
+        from hybrid.ledger.report import parse_since
+
+        admins = self.admin_ids
+        if admins and request.scope["state"].get("key_id") not in admins:
+            raise PermissionDeniedError("The dashboard is for the keys in server.admin_keys.")
+        ledger = self.gateway.ledger
+        if ledger is None:
+            raise ServiceUnavailableError("The usage ledger is off (ledger.backend = \"off\"): nothing to show.")
+        since = request.query_params.get("since", "7d")
+        try:
+            since_s = parse_since(since)
+        except Exception as exc:  # argparse's own error type, from the CLI's parser
+            raise InvalidRequestError(str(exc).replace("--since", "'since'"), param="since") from None
+        budgets = self.gateway.budgets
+        rows = [(b.cfg.name, budgets.last_spent.get(b.cfg.name, 0.0), b.cfg.limit_usd)
+                for b in budgets.budgets] if budgets is not None else []
+
+        def gather() -> str:
+            conn = ledger.store.connect()
+            try:
+                return dashboard.render(dashboard.collect(conn, DIALECTS[ledger.store.name], since_s, since, rows))
+            finally:
+                ledger.store.close(conn)
+
+        page = await asyncio.to_thread(gather)
+        return Response(page, media_type="text/html; charset=utf-8",
+                        headers={"content-security-policy": "default-src 'none'; style-src 'unsafe-inline'"})
+
     async def metrics(self, request: Request) -> AnyResponse:
         from hybrid import metrics
 
@@ -329,6 +365,7 @@ class HybridApp:
             Route("/v1/embeddings", self.embeddings, methods=["POST"]),
             Route("/v1/feedback", self.feedback, methods=["POST"]),
             Route("/metrics", self.metrics, methods=["GET"]),
+            Route("/dashboard", self.dashboard, methods=["GET"]),
             Route("/v1/models/{model:path}", self.model, methods=["GET"]),
             Route("/health", self.health, methods=["GET"]),
             Route("/ready", self.ready, methods=["GET"]),
