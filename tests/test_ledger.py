@@ -324,3 +324,16 @@ def test_a_database_away_for_long_is_spilled_to_disk_not_held_in_memory(tmp_path
     again.start()  # the next start writes them
     again.close()
     assert not list(tmp_path.glob("ledger-sqlite.spill-*.jsonl")) and len(_rows(tmp_path)) == 25_000
+
+
+def test_a_client_that_leaves_mid_stream_still_gets_its_row(router: ManagedProcess, work: Path) -> None:
+    body = {"model": "local", "prompt": "1, 2, 3, 4, 5,", "max_tokens": 600, "temperature": 0, "stream": True}
+    with httpx.stream("POST", router.url + "/v1/completions", json=body, timeout=60,
+                      headers={"authorization": f"Bearer {KEY}"}) as resp:
+        pieces = resp.iter_bytes()
+        for _ in range(5):
+            next(pieces)
+    # the client has gone: generation stops, and the row says so, with the tokens it did produce
+    rows = _wait_rows(work, 1)
+    assert len(rows) == 1 and rows[0]["status"] == "abandoned" and rows[0]["tier"] == "local"
+    assert 0 < int(rows[0]["completion_tokens"]) < 600  # type: ignore[call-overload]
