@@ -24,6 +24,8 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from hybrid.heads import HeadMeter
+
 log = logging.getLogger("hybrid.edge")
 
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large", 503: b"Service Unavailable"}
@@ -79,8 +81,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._in_head = True  # reading a request head (a fresh connection is about to send one)
         self._waiting = True  # ...and the head's deadline runs (from the opening, or the head's first byte)
-        self._head_bytes = 0
-        self._tail = b""  # the last bytes of the head so far: a CRLFCRLF may span two reads
+        self._head = HeadMeter(LIMITS.max_head_bytes)
         self._head_since = time.monotonic()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -92,15 +93,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self._in_head:
-            total = self._head_bytes + len(data)
-            if total > LIMITS.max_head_bytes:
-                end = (self._tail + data).find(b"\r\n\r\n")
-                # the head ends in this read, within the limit: the rest is body
-                if end < 0 or self._head_bytes - len(self._tail) + end + 4 > LIMITS.max_head_bytes:
-                    self._refuse(431, f"The request head is over {LIMITS.max_head_bytes} bytes.")
-                    return
-            self._head_bytes = total
-            self._tail = data[-3:]
+            if self._head.over(data):
+                self._refuse(431, f"The request head is over {LIMITS.max_head_bytes} bytes.")
+                return
             if not self._waiting:
                 self._waiting = True
                 self._head_since = time.monotonic()
@@ -114,8 +109,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
         # the next request on this connection starts a new head (its deadline from its first byte)
         self._in_head = True
-        self._head_bytes = 0
-        self._tail = b""
+        self._head.reset()
 
     # ---------------------------------------------------------------- helpers
 
@@ -136,7 +130,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         for conn in self.connections:
             if (
                 conn is not self and isinstance(conn, GuardedHttpToolsProtocol) and conn._in_head
-                and conn._head_bytes > 0 and (oldest is None or conn._head_since < oldest._head_since)
+                and conn._head.seen > 0 and (oldest is None or conn._head_since < oldest._head_since)
             ):
                 oldest = conn
         if oldest is None:

@@ -296,12 +296,21 @@ class Gateway:
     async def count_usage(self, answer: Answer, text: str) -> dict[str, int]:
         """Usage for an answer whose upstream sent none: the backend's own tokenizer, else the local model's,
         else a rough count."""
-        backend, req = answer.target.backend, answer.req
-        counter = backend if backend.kind == "llamacpp" else self.router.tokenizer
-        prompt = await counter.count_prompt_tokens(req) if counter is not None else None
+        counter = self._counter(answer)
+        prompt = await counter.count_prompt_tokens(answer.req) if counter is not None else None
+        return self._usage(answer, text, prompt, counter)
+
+    def _counter(self, answer: Answer) -> Backend | None:
+        """Whose tokenizer counts an answer: its backend's own, else the first local model's, else none."""
+        backend = answer.target.backend
+        return backend if backend.kind == "llamacpp" else self.router.tokenizer
+
+    @staticmethod
+    def _usage(answer: Answer, text: str, prompt: int | None, counter: Backend | None) -> dict[str, int]:
+        """Usage from a prompt count and the answer's text, at four characters a token where nothing counts."""
         completion = counter.count_text_tokens(text) if counter is not None else None
         return make_usage(
-            prompt if prompt is not None else max(1, len(req.text()) // 4),
+            prompt if prompt is not None else max(1, len(answer.req.text()) // 4),
             completion if completion is not None else (len(text) + 3) // 4,
         )
 
@@ -356,13 +365,9 @@ class Gateway:
     def _usage_so_far(self, answer: Answer) -> dict[str, int]:
         """An answer that ended early (the client left, the backend broke off) has no usage from upstream: the
         router counts what was said, synchronously (the local tokenizer, else four characters a token)."""
-        backend = answer.target.backend
-        counter = backend if backend.kind == "llamacpp" else self.router.tokenizer
-        text = "".join(answer.text)
+        counter = self._counter(answer)
         prompt = counter.count_text_tokens(answer.req.text()) if counter is not None else None
-        completion = counter.count_text_tokens(text) if counter is not None else None
-        return make_usage(prompt if prompt is not None else max(1, len(answer.req.text()) // 4),
-                          completion if completion is not None else (len(text) + 3) // 4)
+        return self._usage(answer, "".join(answer.text), prompt, counter)
 
     def _count_hit(self, hit: CachedAnswer, started: float) -> None:
         model = str(hit.lookup.entry.answer.get("model", "")) if hit.lookup.entry is not None else ""

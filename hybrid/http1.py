@@ -37,6 +37,7 @@ from urllib.parse import unquote, urlsplit
 
 import httptools
 
+from hybrid.heads import HeadMeter
 from hybrid.metrics import UPSTREAM_CONNECTIONS
 
 USER_AGENT = "hybrid/0.1"
@@ -270,8 +271,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self.resp: Response | None = None
-        self._head_bytes = 0  # bytes of the current answer's head so far
-        self._head_tail = b""
+        self._head = HeadMeter(MAX_HEAD_BYTES)  # the current answer's head so far
         self._headers = 0
 
     # ---------------------------------------------------------------- asyncio.Protocol
@@ -287,15 +287,9 @@ class _Connection(asyncio.Protocol):
         resp._received = True
         if resp._read_timeout is not None:
             resp._last_data = resp._loop.time()
-        if not resp._head_done:
-            total = self._head_bytes + len(data)
-            if total > MAX_HEAD_BYTES:
-                end = (self._head_tail + data).find(b"\r\n\r\n")
-                if end < 0 or self._head_bytes - len(self._head_tail) + end + 4 > MAX_HEAD_BYTES:
-                    resp._fail(ProtocolError(f"the answer's head is over {MAX_HEAD_BYTES} bytes"))
-                    return
-            self._head_bytes = total
-            self._head_tail = data[-3:]
+        if not resp._head_done and self._head.over(data):
+            resp._fail(ProtocolError(f"the answer's head is over {MAX_HEAD_BYTES} bytes"))
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -376,8 +370,7 @@ class _Connection(asyncio.Protocol):
     def send(self, data: bytes, deadline: float | None, read_timeout: float | None) -> Response:
         loop = self.pool.loop
         resp = self.resp = Response(self, loop)
-        self._head_bytes = 0
-        self._head_tail = b""
+        self._head.reset()
         self._headers = 0
         resp._deadline = deadline
         resp._read_timeout = read_timeout  # counts once the head is in: the first byte has its own timeout
