@@ -104,7 +104,7 @@ class RoutingConfig:
     complex_tier: str = "cloud"  # auto: where complex, long or over-context requests go
     complexity_threshold: float = 0.5  # auto: score at or above which a request is complex
     long_prompt_tokens: int = 0  # auto: prompts at least this long go to complex_tier (0: only the context decides)
-    scorer: str = "heuristic"  # or "package.module:Name" with score(features) -> float
+    scorer: str = "learned"  # "learned:PATH" (hybrid eval fit), "heuristic", or "package.module:Name" with score()
     failure_threshold: int = 3  # consecutive failures that cool a backend down
     cooldown_s: float = 30.0  # first cooldown; doubles on each failed probe, up to 300 s
 

@@ -153,7 +153,8 @@ class Gateway:
                 decision = self.router.tier_decision(b.downgrade_to, f"budget:{b.name}->{b.downgrade_to}",
                                                      overflow=False)
             else:
-                decision = await self.router.route(req, ctx.headers.get("x-hybrid-tier"))
+                vector = lookup.vector if lookup is not None else None
+                decision = await self.router.route(req, ctx.headers.get("x-hybrid-tier"), vector)
             flight = Flight(req, ctx, decision, lookup, charged, started=started, arrived=time.time())
         except BaseException:
             self._refund(ctx, charged)

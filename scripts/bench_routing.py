@@ -18,13 +18,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hybrid.answers import RequestContext  # noqa: E402
 from hybrid.backends import create_backend  # noqa: E402
-from hybrid.config import BackendConfig, Config  # noqa: E402
+from hybrid.config import BackendConfig, Config, RoutingConfig  # noqa: E402
 from hybrid.gateway import Gateway  # noqa: E402
 from hybrid.protocol import parse_chat_request, parse_json_body  # noqa: E402
 
@@ -50,32 +50,38 @@ def percentile(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-async def measure(iterations: int) -> list[tuple[str, float, float, float, float, str]]:
+SCORERS = [("learned", False), ("learned + cache embedding", True), ("heuristic", False)]
+
+
+async def measure(iterations: int) -> list[tuple[str, str, float, float, float, float, str]]:
     local = BackendConfig(name="cpu", kind="llamacpp", tier="local", model="gemma-3-270m", context=2048, threads=1)
     cloud = BackendConfig(name="cloud", kind="openai", tier="cloud", base_url="http://127.0.0.1:9/v1", models=["big"])
-    config = Config(backends=[local, cloud])
-    gateway = Gateway(config, [create_backend(local), create_backend(cloud)])
-    await gateway.start()
-    ctx = RequestContext(request_id="bench", headers={}, tenant="bench")
     rows = []
-    try:
-        for name, fields in KINDS:
-            body = orjson.dumps({"model": "auto", "max_tokens": 64, **fields})
-            parse_us, route_us = [], []
-            reason = ""
-            for _ in range(iterations):
-                t0 = time.perf_counter()
-                req = parse_chat_request(parse_json_body(body))
-                t1 = time.perf_counter()
-                decision = await gateway.route(req, ctx)
-                t2 = time.perf_counter()
-                parse_us.append((t1 - t0) * 1e6)
-                route_us.append((t2 - t1) * 1e6)
-                reason = decision.reason
-            rows.append((name, percentile(parse_us, 0.5), percentile(route_us, 0.5), percentile(route_us, 0.99),
-                         percentile(route_us, 0.5) / percentile(parse_us, 0.5), reason))
-    finally:
-        await gateway.stop()
+    # a stand-in for the vector the semantic cache computed: the scorer's cost does not depend on its values
+    vector = np.random.default_rng(0).standard_normal(384).astype(np.float32)
+    vector /= np.linalg.norm(vector)
+    for scorer, with_vector in SCORERS:
+        config = Config(backends=[local, cloud], routing=RoutingConfig(scorer=scorer.split(" ")[0]))
+        gateway = Gateway(config, [create_backend(local), create_backend(cloud)])
+        await gateway.start()
+        try:
+            for name, fields in KINDS:
+                body = orjson.dumps({"model": "auto", "max_tokens": 64, **fields})
+                parse_us, route_us = [], []
+                reason = ""
+                for _ in range(iterations):
+                    t0 = time.perf_counter()
+                    req = parse_chat_request(parse_json_body(body))
+                    t1 = time.perf_counter()
+                    decision = await gateway.router.route(req, None, vector if with_vector else None)
+                    t2 = time.perf_counter()
+                    parse_us.append((t1 - t0) * 1e6)
+                    route_us.append((t2 - t1) * 1e6)
+                    reason = decision.reason
+                rows.append((scorer, name, percentile(parse_us, 0.5), percentile(route_us, 0.5),
+                             percentile(route_us, 0.99), percentile(route_us, 0.5) / percentile(parse_us, 0.5), reason))
+        finally:
+            await gateway.stop()
     return rows
 
 
@@ -85,10 +91,10 @@ def main() -> int:
     args = ap.parse_args()
     rows = asyncio.run(measure(args.iterations))
     print(f"\n{args.iterations} decisions per kind, one core; the local tier's context is 2,048 tokens\n")
-    print("| request | parse p50 (us) | route p50 (us) | route p99 (us) | route / parse | decision |")
-    print("| --- | ---: | ---: | ---: | ---: | --- |")
-    for name, parse50, route50, route99, ratio, reason in rows:
-        print(f"| {name} | {parse50:.1f} | {route50:.1f} | {route99:.1f} | {ratio:.1f}x | `{reason}` |")
+    print("| scorer | request | parse p50 (us) | route p50 (us) | route p99 (us) | route / parse | decision |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | --- |")
+    for scorer, name, parse50, route50, route99, ratio, reason in rows:
+        print(f"| {scorer} | {name} | {parse50:.1f} | {route50:.1f} | {route99:.1f} | {ratio:.1f}x | `{reason}` |")
     return 0
 
 

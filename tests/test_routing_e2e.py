@@ -154,6 +154,18 @@ def test_auto_complex_request_goes_to_cloud(routed: ManagedProcess) -> None:
     assert ">=" in headers["x-hybrid-route-reason"]
 
 
+@pytest.mark.parametrize(("prompt", "tier"), [
+    ("Prove that the square root of 3 is irrational.", "cloud"),
+    ("Design a chat system like Slack for 10 million users: message storage, presence, fan-out and search.", "cloud"),
+    ("How do I update my billing address?", "local"),
+    ("Translate \"good night\" into French.", "local"),
+])
+def test_the_default_scorer_knows_short_hard_prompts(routed: ManagedProcess, prompt: str, tier: str) -> None:
+    """Short prompts from the scorer's training split: the heuristic kept every one of them local."""
+    headers, _ = _chat(routed, "auto", prompt)
+    assert headers["x-hybrid-tier"] == tier, headers["x-hybrid-route-reason"]
+
+
 def test_auto_prompt_longer_than_local_context_goes_to_cloud_and_succeeds(routed: ManagedProcess) -> None:
     long_prompt = "The quick brown fox jumps over the lazy dog. " * 80  # ~800 tokens > 512 local context
     headers, r = _chat(routed, "auto", long_prompt)

@@ -219,3 +219,74 @@ def test_a_long_auto_routed_prompt_is_tokenized_once() -> None:
     calls, counted, used = asyncio.run(go())
     assert counted > 0 and counted == used
     assert calls == 1
+
+
+# ------------------------------------------------------------------------------------------ the learned scorer
+
+
+def test_the_shipped_model_matches_the_feature_code() -> None:
+    """Scored with today's feature code, the shipped model still separates its own training prompts (a feature
+    change without retraining fails here). The sealed split is for scripts/bench_routing_quality.py only."""
+    from hybrid.routing.learned import LearnedScorer
+    from hybrid.routing.training import figures, shipped_prompts
+
+    examples = shipped_prompts()
+    scorer = LearnedScorer()
+    scores = [scorer.score(_features(e.text)) for e in examples]
+    f = figures([e.label for e in examples], scores)
+    assert f.routine_local >= 0.95 and f.hard_cloud >= 0.95, f
+    assert scorer.model.meta["examples"] == len(examples)
+
+
+def test_short_hard_prompts_no_longer_look_routine() -> None:
+    """The issue's complaint: short hard prompts scored 0.01-0.31 by the heuristic. Training-split prompts."""
+    learned = load_scorer("learned")
+    hard = _features("Prove that there is no largest prime number.")
+    routine = _features("What is the capital of Canada?")
+    assert HeuristicScorer().score(hard) < 0.5
+    assert learned.score(hard) >= 0.5 > learned.score(routine)
+
+
+def test_the_embedding_head_reads_the_cache_embedding_when_given() -> None:
+    import numpy as np
+
+    from hybrid.routing.learned import Head, LearnedScorer, ScorerModel
+
+    direction = np.zeros(384, dtype=np.float32)
+    direction[7] = 1.0
+    scorer = LearnedScorer.__new__(LearnedScorer)
+    scorer.model = ScorerModel(Head(-4.0, {}), Head(-4.0, {}, direction * 10.0))
+    req = parse_chat_request({"model": "auto", "messages": [{"role": "user", "content": "hello"}]})
+    assert scorer.score(extract_features(req)) < 0.1  # no embedding: the lexical head
+    assert scorer.score(extract_features(req, direction)) > 0.9  # 10 - 4 = 6 logits
+    assert scorer.score(extract_features(req, np.zeros(12, dtype=np.float32))) < 0.1  # another model's: ignored
+
+
+def test_a_model_survives_its_file_and_a_bad_file_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from hybrid.routing.learned import LearnedScorer, ScorerModel, default_model_bytes
+
+    model = ScorerModel.from_bytes(default_model_bytes())
+    path = tmp_path / "scorer.json"
+    path.write_bytes(model.to_bytes())
+    again = load_scorer(f"learned:{path}")
+    f = _features("Design a chat system for 10 million users.")
+    assert again.score(f) == pytest.approx(load_scorer("learned").score(f), abs=1e-4)
+    path.write_bytes(b'{"format": 99}')
+    with pytest.raises(ValueError, match="not a scorer model"):
+        load_scorer(f"learned:{path}")
+
+
+def test_training_finds_a_planted_signal() -> None:
+    from hybrid.routing.learned import LearnedScorer
+    from hybrid.routing.training import Example, cross_validate, fit_model
+
+    topics = ["invoice", "holiday", "printer", "lunch", "report", "badge", "parking", "laptop", "meeting", "budget"]
+    examples = [Example(int(i % 2 == 0), "x", f"please {'escalate ' if i % 2 == 0 else ''}the {topics[i % 10]} "
+                        f"{topics[(i * 3) % 10]} question {i}") for i in range(80)]
+    lexical, _ = cross_validate(examples, None, 0.01)
+    assert lexical.routine_local == 1.0 and lexical.hard_cloud == 1.0
+    model = fit_model(examples)
+    scorer = LearnedScorer.__new__(LearnedScorer)
+    scorer.model = model
+    assert scorer.score_text("escalate the printer budget question") > 0.5 > scorer.score_text("the printer budget question")
+    assert model.meta["examples"] == 80 and model.embedding is None

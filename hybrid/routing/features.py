@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from hybrid.protocol import InferenceRequest
+from typing import Any
+
+from hybrid.protocol import InferenceRequest, content_text
 
 # Matched against lower-cased text: Python's re is several times slower with IGNORECASE.
 _REASONING = re.compile(
@@ -33,9 +35,20 @@ class RequestFeatures:
     turns: int
     structured_output: bool
     max_tokens: int | None
+    prompt: str = ""  # what is asked now: the last user turn (the whole prompt for a legacy completion)
+    embedding: Any = None  # the request's sentence embedding when the semantic cache computed one (numpy, 1-d)
 
 
-def extract_features(req: InferenceRequest) -> RequestFeatures:
+def last_user_text(req: InferenceRequest) -> str:
+    if req.kind != "chat":
+        return req.prompt
+    for m in reversed(req.messages):
+        if m.get("role") == "user":
+            return content_text(m.get("content"))
+    return ""
+
+
+def extract_features(req: InferenceRequest, embedding: Any = None) -> RequestFeatures:
     text = req.text()
     # scan a bounded window: the start and end of a huge prompt say what it is; its middle adds cost, not signal
     window = text if len(text) <= 2 * _WINDOW else text[:_WINDOW] + "\n" + text[-_WINDOW:]
@@ -52,4 +65,6 @@ def extract_features(req: InferenceRequest) -> RequestFeatures:
         turns=turns,
         structured_output=bool(req.response_format and req.response_format.get("type") == "json_schema"),
         max_tokens=req.max_tokens,
+        prompt=last_user_text(req),
+        embedding=embedding,
     )

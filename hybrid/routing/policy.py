@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from hybrid.config import RoutingConfig
 from hybrid.protocol import InferenceRequest
@@ -52,12 +53,13 @@ class AutoPolicy:
         simple_context: int,
         count_tokens: Callable[[InferenceRequest], Awaitable[int | None]],
         count_text: TextCounter | None = None,
+        embedding: Any = None,
     ) -> TierChoice:
         """``count_tokens`` counts a whole prompt as the local tier would see it; ``count_text`` counts a piece
         of plain text with the same tokenizer (for the sampled estimate). Either may answer ``None``."""
         if self.complex is None or self.complex == self.simple:
             return TierChoice(self.simple, "auto:single-tier")
-        features = extract_features(req)
+        features = extract_features(req, embedding)
         over = self._surely_over(req, features, simple_context, count_text)
         if over is not None:
             return TierChoice(self.complex, over)

@@ -3,6 +3,8 @@ or a concrete model id, with the fallback tiers behind the chosen one."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from hybrid.backends.base import Backend
 from hybrid.config import RoutingConfig
 from hybrid.protocol import InferenceRequest
@@ -25,8 +27,9 @@ class Router:
             return None
         return await self.tokenizer.count_prompt_tokens(req)
 
-    async def route(self, req: InferenceRequest, forced_tier: str | None = None) -> RouteDecision:
-        """``forced_tier``: the ``x-hybrid-tier`` header, which wins over everything else."""
+    async def route(self, req: InferenceRequest, forced_tier: str | None = None, embedding: Any = None) -> RouteDecision:
+        """``forced_tier``: the ``x-hybrid-tier`` header, which wins over everything else; ``embedding``: the
+        request's sentence embedding when the cache computed one."""
         if forced_tier:
             return self.tier_decision(forced_tier, "header", overflow=False)
         name = req.model
@@ -36,7 +39,7 @@ class Router:
             simple = self.policy.simple
             ctx_len = min((b.context for b in self.resolver.by_tier.get(simple, []) if b.context), default=0)
             counter = self.tokenizer.count_text_tokens if self.tokenizer is not None else None
-            choice = await self.policy.choose(req, ctx_len, self.count_prompt_tokens, counter)
+            choice = await self.policy.choose(req, ctx_len, self.count_prompt_tokens, counter, embedding)
             return self.tier_decision(choice.tier, choice.reason, overflow=True, auto=True,
                                       prompt_tokens=choice.prompt_tokens)
         if self.resolver.is_tier(name):

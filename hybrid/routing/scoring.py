@@ -1,8 +1,10 @@
-"""Complexity scoring: a pluggable interface, and the default heuristic.
+"""Complexity scoring: a pluggable interface, the learned default and the old heuristic.
 
 A scorer maps :class:`RequestFeatures` to a score in [0, 1]; ``routing.complexity_threshold`` splits the cheap
-tier from the capable one. A learned router plugs in through ``routing.scorer = "package.module:Name"`` (a class
-taking no arguments, or an object, with a ``score(features) -> float`` method).
+tier from the capable one. ``routing.scorer`` is ``"learned"`` (the default: hybrid/routing/learned.py, trained on
+the shipped prompts), ``"learned:PATH"`` (a model from ``hybrid eval fit``), ``"heuristic"`` (hand-weighted cheap
+features), or ``"package.module:Name"`` (a class taking no arguments, or an object, with a
+``score(features) -> float`` method).
 """
 
 from __future__ import annotations
@@ -41,12 +43,16 @@ class HeuristicScorer:
 
 
 def load_scorer(spec: str) -> ComplexityScorer:
-    """``"heuristic"`` or ``"package.module:Name"``."""
-    if spec in ("", "heuristic"):
+    """``"learned"``, ``"learned:PATH"``, ``"heuristic"`` or ``"package.module:Name"``."""
+    if spec == "heuristic":
         return HeuristicScorer()
+    if spec in ("", "learned") or spec.startswith("learned:"):
+        from hybrid.routing.learned import LearnedScorer
+
+        return LearnedScorer(spec.partition(":")[2] or None)
     module_name, _, attr = spec.partition(":")
     if not attr:
-        raise ValueError(f"scorer {spec!r}: expected 'heuristic' or 'package.module:Name'")
+        raise ValueError(f"scorer {spec!r}: expected 'learned', 'learned:PATH', 'heuristic' or 'package.module:Name'")
     obj = getattr(importlib.import_module(module_name), attr)
     scorer = obj() if isinstance(obj, type) else obj
     if not isinstance(scorer, ComplexityScorer):
