@@ -101,12 +101,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     report_cli.add_arguments(report)
     report.set_defaults(func=report_cli.run)
+    evaluate = sub.add_parser("eval", help="quality, cost and latency of targets on a workload, through the router; "
+                              "compare, calibrate, fit, report")
+    from hybrid.evals import cli as eval_cli
+
+    eval_cli.add_arguments(evaluate)
+    evaluate.set_defaults(func=eval_cli.run)
+    bench = sub.add_parser("bench", help="load-test any OpenAI-compatible endpoint: throughput, latency, TTFT")
+    from hybrid.evals import loadgen
+
+    loadgen.add_arguments(bench)
+    bench.set_defaults(func=loadgen.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from hybrid.evals.cli import normalise_argv
+
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(normalise_argv(list(sys.argv[1:] if argv is None else argv)))
     try:
         return int(args.func(args))
     except ConfigError as exc:

@@ -673,6 +673,36 @@ class _TunnelHead(asyncio.Protocol):
             self.answer.set_exception(ConnectError(f"the proxy closed the connection during CONNECT{': ' + str(exc) if exc else ''}"))
 
 
+async def iter_lines(resp: Response, limit: int) -> AsyncIterator[bytes]:
+    """The body's lines (without their ends), however the pieces split them; a line over ``limit`` bytes raises
+    :class:`~hybrid.ProtocolError`. Pieces of an unfinished line are kept apart and joined once, when its
+    end arrives (no copying per piece)."""
+    pending: list[bytes] = []
+    pending_len = 0
+    async for piece in resp.iter_chunks():
+        if b"\n" not in piece:
+            pending.append(piece)
+            pending_len += len(piece)
+            if pending_len > limit:
+                raise ProtocolError(f"an event line is over {limit} bytes")
+            continue
+        if pending:
+            pending.append(piece)
+            piece = b"".join(pending)
+            pending.clear()
+            pending_len = 0
+        *full, rest = piece.split(b"\n")
+        for line in full:
+            if len(line) > limit:
+                raise ProtocolError(f"an event line is over {limit} bytes")
+            yield line.rstrip(b"\r")
+        if rest:
+            pending.append(rest)
+            pending_len = len(rest)
+    if pending:
+        yield b"".join(pending).rstrip(b"\r")
+
+
 def proxy_from_environment(url: str, environ: Mapping[str, str] | None = None) -> str | None:
     """The proxy for ``url`` that the environment names (HTTPS_PROXY / HTTP_PROXY, else ALL_PROXY; either
     case), or ``None`` when there is none or NO_PROXY excludes the host. Loopback hosts are never proxied: a

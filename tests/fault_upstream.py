@@ -156,6 +156,10 @@ async def complete(request: Request) -> Response:
                                  media_type="text/event-stream")
     if mode == "endless":
         return StreamingResponse(_endless(legacy), media_type="text/event-stream")
+    if mode == "judge":  # a judge that always grades 4 of 5
+        answer = _whole(legacy)
+        answer["choices"][0]["message"]["content"] = "SCORE: 4"  # type: ignore[index]
+        return JSONResponse(answer)
     if mode == "slow":
         await asyncio.sleep(3)
     if not stream or mode == "json":

@@ -145,7 +145,7 @@ class OpenAIBackend(Backend):
                     if resp.content_type != "text/event-stream":
                         whole = self._whole(await resp.read(self.cfg.max_answer_bytes), legacy)
                     else:
-                        lines = _lines(resp)
+                        lines = http1.iter_lines(resp, MAX_EVENT_LINE)
                         first = await self._next_event(lines)
             except http1.RequestTimeout:
                 raise
@@ -217,33 +217,3 @@ class OpenAIBackend(Backend):
                 raise UpstreamError(f"Upstream '{self.name}' sent an event the router cannot read: {problem}.")
             return event
         return None
-
-
-async def _lines(resp: http1.Response, limit: int = MAX_EVENT_LINE) -> AsyncIterator[bytes]:
-    """The body's lines (without their ends), however the pieces split them; a line over ``limit`` bytes raises
-    :class:`~hybrid.http1.ProtocolError`. Pieces of an unfinished line are kept apart and joined once, when its
-    end arrives (no copying per piece)."""
-    pending: list[bytes] = []
-    pending_len = 0
-    async for piece in resp.iter_chunks():
-        if b"\n" not in piece:
-            pending.append(piece)
-            pending_len += len(piece)
-            if pending_len > limit:
-                raise http1.ProtocolError(f"an event line is over {limit} bytes")
-            continue
-        if pending:
-            pending.append(piece)
-            piece = b"".join(pending)
-            pending.clear()
-            pending_len = 0
-        *full, rest = piece.split(b"\n")
-        for line in full:
-            if len(line) > limit:
-                raise http1.ProtocolError(f"an event line is over {limit} bytes")
-            yield line.rstrip(b"\r")
-        if rest:
-            pending.append(rest)
-            pending_len = len(rest)
-    if pending:
-        yield b"".join(pending).rstrip(b"\r")
