@@ -4,6 +4,7 @@ reports, the report in headless Chromium, calibration written into the config, a
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -214,3 +215,28 @@ def test_the_ledger_books_eval_traffic_apart(first_run: dict[str, object], setup
     assert set(rows) == {"eval"}
     assert (rows["eval"]["requests"], rows["eval"]["errors"]) == (8 * 3 + 2 * 3 + 2 + 2, 2)
     assert rows["eval"]["cache_hit_rate"] == 0.0
+
+
+def test_fit_retrains_the_scorer_on_the_teams_items(first_run: dict[str, object], setup: dict[str, object]) -> None:
+    from hybrid.routing.scoring import load_scorer
+
+    tmp = Path(str(setup["tmp"]))
+    doc = copy.deepcopy(first_run["doc"])
+    assert isinstance(doc, dict)
+    # make the team's verdict unmistakable: the cheap target failed the code and extraction items, the capable
+    # one passed them
+    for r in doc["items"]:
+        if r["item"] in ("code-09", "json-order-01"):
+            r["score"] = 1.0 if r["target"] == "cloud" else 0.0
+    graded = tmp / "graded.json"
+    graded.write_text(json.dumps(doc))
+    model = tmp / "team-scorer.json"
+    done = _hybrid("eval", "fit", graded, "--workload", setup["workload"], "--out", model, "--no-embedding")
+    assert done.returncode == 0, done.stderr
+    assert "8 team items (2 need cloud)" in done.stdout and f'scorer = "learned:{model}"' in done.stdout
+    scorer = load_scorer(f"learned:{model}")
+    meta = scorer.model.meta  # type: ignore[attr-defined]
+    assert (meta["team_examples"], meta["team_hard"]) == (8, 2) and meta["examples"] > 400
+    html = tmp / "again.html"
+    again = _hybrid("eval", "report", first_run["out"], "--html", html, "--workload", setup["workload"])
+    assert again.returncode == 0 and "Worst items" in html.read_text()

@@ -140,11 +140,8 @@ async def _run_shard(shard: Shard) -> Tally:
                 finally:
                     slots.release()
 
-            i = 0
-            while True:
+            for i in range(int(round((shard.warmup_s + shard.duration_s) * shard.rps))):
                 due = t0 + i * interval
-                if due >= end:
-                    break
                 now = time.perf_counter()
                 if due > now:
                     await asyncio.sleep(due - now)
@@ -156,7 +153,6 @@ async def _run_shard(shard: Shard) -> Tally:
                 task = asyncio.ensure_future(fire(due, record))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
-                i += 1
             if tasks:
                 await asyncio.gather(*tasks)
         tally.window_s = max(shard.duration_s, time.perf_counter() - measure_from) if shard.rps <= 0 else shard.duration_s
