@@ -45,7 +45,7 @@ class ItemResult:
 
 
 class Progress:
-    """One line per target on a terminal (redrawn), or a line every 10% elsewhere."""
+    """A bar per target on one redrawn line on a terminal; elsewhere (a log, CI) a line every 10%."""
 
     def __init__(self, totals: dict[str, int], out: TextIO | None = None) -> None:
         self.out = out or sys.stderr
@@ -60,8 +60,8 @@ class Progress:
         self.done[target] += 1
         self.errors[target] += int(error)
         if self.tty:
-            line = "  ".join(f"{t} {self.done[t]}/{n}" + (f" ({self.errors[t]} err)" if self.errors[t] else "")
-                             for t, n in self.totals.items())
+            line = "  ".join(f"{t} [{self._bar(self.done[t], n)}] {self.done[t]}/{n}"
+                             + (f" ({self.errors[t]} err)" if self.errors[t] else "") for t, n in self.totals.items())
             self.out.write(f"\r{line}  {time.monotonic() - self.started:.0f}s ")
             self.out.flush()
             return
@@ -71,6 +71,11 @@ class Progress:
             self.out.write(f"{target}: {self.done[target]}/{self.totals[target]} done, {self.errors[target]} errors, "
                            f"{time.monotonic() - self.started:.0f}s\n")
             self.out.flush()
+
+    @staticmethod
+    def _bar(done: int, total: int, width: int = 12) -> str:
+        filled = width * done // max(1, total)
+        return "#" * filled + "." * (width - filled)
 
     def close(self) -> None:
         if self.tty:
