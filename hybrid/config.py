@@ -128,6 +128,10 @@ class CacheConfig:
     # stays on. Turn it on only where a wrong answer is cheap.
     semantic: bool = False
     similarity_threshold: float = 0.90
+    # the wrong-hit rate allowed: a sampled share of semantic hits is answered live too and compared, and each
+    # partition's threshold rises until the wrong share of the hits it serves is within this (0: no audits)
+    semantic_error_budget: float = 0.01
+    semantic_audit_rate: float = 0.05  # share of semantic hits audited (each costs a live answer)
     deterministic_only: bool = True  # cache only temperature 0 or seeded requests
     shared_models: list[str] = field(default_factory=list)  # models/tiers whose entries all tenants share
     embedder: str = "local"  # "local" (MiniLM on the CPU) or the name of an openai-kind backend
@@ -322,6 +326,10 @@ def parse_config(raw: dict[str, Any]) -> Config:
         raise ConfigError(f"cache.backend: must be one of sqlite, redis, off (got {cache.backend!r})")
     if not 0.0 < cache.similarity_threshold <= 1.0:
         raise ConfigError("cache.similarity_threshold: must be in (0, 1]")
+    if not 0.0 <= cache.semantic_error_budget < 1.0:
+        raise ConfigError("cache.semantic_error_budget: must be in [0, 1)")
+    if not 0.0 <= cache.semantic_audit_rate <= 1.0:
+        raise ConfigError("cache.semantic_audit_rate: must be in [0, 1]")
     if cache.ttl_s < 0 or cache.max_entries < 1:
         raise ConfigError("cache: ttl_s must be >= 0 and max_entries >= 1")
     if cache.path:

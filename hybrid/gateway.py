@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -22,7 +23,9 @@ from hybrid import metrics
 from hybrid.answers import Answer, CachedAnswer, Flight, RequestContext
 from hybrid.backends.base import Backend, BackendState
 from hybrid.budgets import Budgets, BudgetStore, LocalBudgetStore, RedisBudgetStore
+from hybrid.cache.audit import agree, answer_text
 from hybrid.cache.cache import CacheLookup, ResponseCache
+from hybrid.cache.embeddings import STORE
 from hybrid.config import Config
 from hybrid.costs import Costing
 from hybrid.errors import (
@@ -76,6 +79,7 @@ class Gateway:
             if config.cache.backend == "redis" and (lim.requests_per_min or lim.tokens_per_min)
             else RateLimiter(lim.requests_per_min, lim.tokens_per_min)
         )
+        self._background: set[asyncio.Task[None]] = set()  # cache audits in flight
 
     async def start(self) -> None:
         for b in self.backends:
@@ -97,6 +101,9 @@ class Gateway:
             await self.cache.start()
 
     async def stop(self) -> None:
+        for task in list(self._background):  # audits in flight use the backends and the cache: they go first
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         if self.cache is not None:
             await self.cache.close()
         await self.limiter.close()
@@ -133,6 +140,8 @@ class Gateway:
             if lookup.hit:
                 hit = CachedAnswer(req, ctx, lookup, self.cache.store.name)
                 self._count_hit(hit, started)
+                if lookup.status == "hit-semantic" and self.cache.audit.should_audit():
+                    self._spawn(self._audit(req, ctx, lookup))
                 return hit
         if lookup is not None:
             ctx.cache_status = lookup.status  # for the row of a request turned away after the lookup
@@ -412,6 +421,42 @@ class Gateway:
             if isinstance(n, int) and n > 0:
                 metrics.child(metrics.TOKENS, tier, backend, model, kind).inc(n)
 
+    async def _audit(self, req: InferenceRequest, ctx: RequestContext, lookup: CacheLookup) -> None:
+        """Answer a semantic hit's request live as well, and tell the error budget whether the cached answer was
+        the right one (hybrid/cache/audit.py). Off the client's path; booked as ``source=cache-audit``."""
+        assert self.cache is not None and lookup.entry is not None and lookup.similarity is not None
+        audit = self.cache.audit
+        try:
+            forced = {k: v for k, v in ctx.headers.items() if k == "x-hybrid-tier"}
+            actx = RequestContext(request_id=f"audit-{uuid.uuid4().hex[:20]}", headers=forced, tenant="cache-audit",
+                                  cache_control="no-store", key_id="cache-audit", tags={"source": "cache-audit"})
+            _, chunks = await self.complete(req, actx)
+            live = assemble(chunks, req.kind)
+            embedder = self.cache.embedder if self.cache.semantic else None
+
+            async def embed(texts: list[str]) -> Any:
+                assert embedder is not None
+                return await embedder.embed(texts, STORE)
+
+            same = await agree(answer_text(lookup.entry.answer), answer_text(live), embed if embedder else None)
+            before = audit.threshold(lookup.partition)
+            after = audit.record(lookup.partition, lookup.similarity, not same)
+            metrics.child(metrics.CACHE_AUDITS, "agree" if same else "wrong").inc()
+            if after > before:
+                log.warning("cache: a semantic hit at similarity %.4f served another question's answer; this "
+                            "partition's threshold rises from %.4f to %.4f", lookup.similarity, before, after)
+        except Exception as exc:  # the live answer failed: no verdict either way
+            audit.failed += 1
+            metrics.child(metrics.CACHE_AUDITS, "failed").inc()
+            log.info("cache: audit of a semantic hit failed (%s)", exc)
+        finally:
+            audit.done()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     def live_gauges(self) -> dict[tuple[str, str], list[tuple[dict[str, str], float]]]:
         """The gauges of the moment, read at scrape time (see :mod:`hybrid.metrics`)."""
         in_flight, waiting, wait, cooling = [], [], [], []
@@ -433,6 +478,17 @@ class Gateway:
         out[("hybrid_cache_hit_ratio", "Share of cache lookups answered from the cache since start")] = [
             ({}, hits / looked if looked else 0.0)
         ]
+        if self.cache is not None and self.cache.semantic:
+            fig = self.cache.audit.figures()
+            out[("hybrid_cache_semantic_wrong_hit_rate",
+                 "Wrong share of audited semantic hits that the current thresholds still serve")] = [
+                ({}, fig["observed_wrong_rate"])]
+            out[("hybrid_cache_semantic_audit_samples", "Audited semantic hits the current thresholds still serve")] = [
+                ({}, float(fig["observed_samples"]))]
+            out[("hybrid_cache_semantic_error_budget", "The wrong-hit rate allowed (cache.semantic_error_budget)")] = [
+                ({}, fig["budget"])]
+            out[("hybrid_cache_semantic_threshold", "Similarity threshold: configured, and the highest partition's")] = [
+                ({"stat": "base"}, fig["threshold"]["base"]), ({"stat": "max"}, fig["threshold"]["max"])]
         if self.budgets is not None:
             out[("hybrid_budget_remaining_usd", "What is left of each budget this period (as last seen)")] = (
                 self.budgets.gauges()

@@ -90,6 +90,10 @@ CACHE_LOOKUPS = Counter("hybrid_cache_lookups", "Cache lookups by result", ["res
 CACHE_GUARD_REJECTIONS = Counter(
     "hybrid_cache_guard_rejections", "Similar entries the guard refused", ["reason"], registry=REGISTRY
 )
+CACHE_AUDITS = Counter(
+    "hybrid_cache_semantic_audits", "Semantic hits also answered live, by verdict (agree, wrong, failed, skipped)",
+    ["outcome"], registry=REGISTRY,
+)
 CACHE_STORES = Counter("hybrid_cache_stores", "Answers stored in the cache", registry=REGISTRY)
 CACHE_EVICTIONS = Counter("hybrid_cache_evictions", "Entries evicted at the size bound", registry=REGISTRY)
 CACHE_ERRORS = Counter(

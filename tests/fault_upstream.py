@@ -156,6 +156,14 @@ async def complete(request: Request) -> Response:
                                  media_type="text/event-stream")
     if mode == "endless":
         return StreamingResponse(_endless(legacy), media_type="text/event-stream")
+    if mode == "scripted":  # the answer set for the question by /control {"answers": {...}}, else one of its own
+        messages = body.get("messages") or [{}]
+        question = str(messages[-1].get("content", ""))
+        answers = STATE.get("answers") or {}
+        assert isinstance(answers, dict)
+        answer = _whole(legacy)
+        answer["choices"][0]["message"]["content"] = answers.get(question, f"the answer to: {question}")  # type: ignore[index]
+        return JSONResponse(answer)
     if mode == "judge":  # a judge that always grades 4 of 5
         answer = _whole(legacy)
         answer["choices"][0]["message"]["content"] = "SCORE: 4"  # type: ignore[index]
@@ -177,6 +185,8 @@ async def control(request: Request) -> Response:
         COUNTS.clear()
     if "mode" in body:
         STATE["mode"] = body["mode"]
+    if "answers" in body:
+        STATE["answers"] = body["answers"]
     return JSONResponse({"mode": STATE["mode"]})
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from hybrid.cache.audit import SemanticAudit
 from hybrid.cache.embeddings import STORE, Embedder, EmbedderUnavailable, HttpEmbedder, LocalMiniLM
 from hybrid.cache.guard import disagreement
 from hybrid.cache.keys import conversation_text, keys_of
@@ -56,6 +57,7 @@ class ResponseCache:
         self.cfg = cfg
         self.store = store
         self.embedder = embedder
+        self.audit = SemanticAudit(cfg.semantic_error_budget, cfg.semantic_audit_rate, cfg.similarity_threshold)
         self._pending: set[asyncio.Task[None]] = set()
         self._loading: asyncio.Future[None] | None = None
 
@@ -87,8 +89,13 @@ class ResponseCache:
         return self.embedder is not None and self.embedder.ready and self.store.semantic
 
     def state(self) -> dict[str, Any]:
-        return {"backend": self.store.name, "semantic": self.semantic,
-                "embedder": None if self.embedder is None else (self.embedder.name if self.embedder.ready else "loading")}
+        out: dict[str, Any] = {
+            "backend": self.store.name, "semantic": self.semantic,
+            "embedder": None if self.embedder is None else (self.embedder.name if self.embedder.ready else "loading"),
+        }
+        if self.semantic:
+            out["error_budget"] = self.audit.figures()
+        return out
 
     # ------------------------------------------------------------------------------------------ lookup
 
@@ -138,8 +145,9 @@ class ResponseCache:
             log.warning("cache: semantic lookup failed (%s); treating as a miss", exc)
             CACHE_ERRORS.labels("semantic").inc()
             return
+        threshold = self.audit.threshold(found.partition)  # the configured one, or higher after wrong hits
         for entry, similarity in candidates:
-            if similarity < self.cfg.similarity_threshold:
+            if similarity < threshold:
                 break
             if not self._fresh(entry, found.policy):
                 continue
