@@ -209,6 +209,47 @@ def http_latency(duration: int, connections: int, rate: int) -> list[str]:
     return out
 
 
+def budget_simulation(embedder, threshold: float, budget: float, rounds: int = 20) -> list[str]:  # type: ignore[no-untyped-def]
+    """The online error budget (hybrid/cache/audit.py) on the sealed pairs as traffic: each pair is a cached
+    question and a later one, in one partition, in a shuffled order, ``rounds`` times over; a hit is audited at
+    the given rate, and an audit knows whether the pair was a paraphrase. Reported: the wrong hits served on the
+    way, and where the threshold settles with what it then serves."""
+    import random
+
+    from hybrid.cache.audit import SemanticAudit
+
+    pairs = load_pairs(SEALED)
+    sims, guard = _scores(embedder, pairs)
+    passes = [(float(s), k == "paraphrase") for s, g, (k, _, _) in zip(sims, guard, pairs) if g is None]
+    n_para = sum(k == "paraphrase" for k, _, _ in pairs)
+    n_neg = len(pairs) - n_para
+    out = [f"sealed pairs as traffic, {rounds} rounds of {len(pairs)} requests in one partition, shuffled (seed 0); "
+           f"budget {budget:.0%}; start threshold {threshold}", "",
+           "| audit rate | wrong hits served (share of all hits) | audits | settled threshold | then: paraphrases hit | "
+           "then: near-misses hit |", "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for rate in (0.05, 0.2, 1.0):
+        rng = random.Random(0)
+        audit = SemanticAudit(budget, rate, threshold, rng=random.Random(1))
+        wrong = hits = 0
+        for _ in range(rounds):
+            order = list(passes)
+            rng.shuffle(order)
+            for s, right in order:
+                if s < audit.threshold("p"):
+                    continue
+                hits += 1
+                wrong += int(not right)
+                if audit.should_audit():
+                    audit.record("p", s, not right)
+                    audit.done()
+        t = audit.threshold("p")
+        para = sum(1 for s, right in passes if right and s >= t)
+        neg = sum(1 for s, right in passes if not right and s >= t)
+        out.append(f"| {rate:.0%} | {wrong} ({wrong / max(1, hits):.1%}) | {audit.audited} | {t:.4f} | "
+                   f"{para}/{n_para} = {para / n_para:.1%} | {neg}/{n_neg} = {neg / n_neg:.1%} |")
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--entries", type=int, default=100_000)
@@ -229,6 +270,8 @@ def main() -> int:
     print("\n".join(quality(embedder, threshold, SEALED)))
     print()
     print("\n".join(quality(embedder, threshold)))
+    print("\n## The error budget on the sealed pairs\n")
+    print("\n".join(budget_simulation(embedder, threshold, CacheConfig().semantic_error_budget)))
     if args.quality_only:
         return 0
     print("\n## Semantic lookup latency\n")
