@@ -265,3 +265,27 @@ def test_compare_flags_a_drop_beyond_the_interval_only() -> None:
     assert not regressed and not rows[0]["regression"]
     rows, regressed = compare(worse, old)
     assert not regressed and rows[0]["improvement"]
+
+
+def test_calibration_scores_read_the_cache_embedding_when_production_would() -> None:
+    """With the semantic cache on, the router's learned scorer reads the embedding the cache computed: the
+    scores calibration sorts by must be those, not the lexical head's."""
+    from hybrid.cache.embeddings import LocalMiniLM
+    from hybrid.cache.keys import conversation_text
+    from hybrid.config import CacheConfig, Config
+    from hybrid.evals.cli import _scores
+    from hybrid.protocol import parse_chat_request
+    from hybrid.routing.features import extract_features
+    from hybrid.routing.learned import LearnedScorer
+
+    items = [_item("exact", "x", "Design a chat system for ten million users.")]
+    lexical = _scores(Config(), items)
+    semantic = _scores(Config(cache=CacheConfig(semantic=True)), items)
+    embedder = LocalMiniLM()
+    embedder.load()
+    req = parse_chat_request({"model": "auto", "messages": items[0].messages})
+    vector = embedder.embed_sync([conversation_text(req)])[0]
+    scorer = LearnedScorer()
+    assert lexical["x"] == pytest.approx(scorer.score(extract_features(req)), abs=1e-6)
+    assert semantic["x"] == pytest.approx(scorer.score(extract_features(req, vector)), abs=1e-5)
+    assert semantic["x"] != lexical["x"]

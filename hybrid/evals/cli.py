@@ -91,20 +91,36 @@ def _config(path: str | None) -> Config:
 
 
 def _scores(cfg: Config, items: list[Any]) -> dict[str, float]:
-    """The configured scorer's score of each item, as the router computes it for `auto`."""
+    """The configured scorer's score of each item, as the router computes it for `auto` in production: with the
+    semantic cache on (and its local MiniLM), a learned scorer also reads the embedding the cache computes."""
     from hybrid.protocol import parse_chat_request
     from hybrid.routing.features import extract_features
     from hybrid.routing.scoring import load_scorer
 
     scorer = load_scorer(cfg.routing.scorer)
-    out = {}
+    requests = {}
     for item in items:
         try:
-            req = parse_chat_request({"model": "auto", "messages": item.messages})
+            requests[item.id] = parse_chat_request({"model": "auto", "messages": item.messages})
         except Exception:  # an item the router would refuse: it is graded as an error anyway
             continue
-        out[item.id] = round(float(scorer.score(extract_features(req))), 6)
-    return out
+    vectors: dict[str, Any] = {}
+    if cfg.cache.backend != "off" and cfg.cache.semantic and cfg.cache.embedder == "local" \
+            and getattr(getattr(scorer, "model", None), "embedding", None) is not None:
+        from hybrid.cache.embeddings import EmbedderUnavailable, LocalMiniLM
+        from hybrid.cache.keys import conversation_text
+
+        try:
+            embedder = LocalMiniLM(threads=2)
+            embedder.load()
+            ids = list(requests)
+            texts = [conversation_text(requests[i]) for i in ids]
+            for start in range(0, len(ids), 64):
+                rows = embedder.embed_sync(texts[start : start + 64])
+                vectors.update(zip(ids[start : start + 64], rows))
+        except EmbedderUnavailable:
+            pass
+    return {i: round(float(scorer.score(extract_features(req, vectors.get(i)))), 6) for i, req in requests.items()}
 
 
 def _calibration(cfg: Config, args: argparse.Namespace, targets: list[str], results: list[Any],
