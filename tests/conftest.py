@@ -13,6 +13,7 @@ from tests.procs import (
     RedisServer,
     redisearch_module,
     start_fault_upstream,
+    start_llama_server,
     start_router,
     valkey_binary,
 )
@@ -34,6 +35,14 @@ threads = 1
 @pytest.fixture(scope="session")
 def model_path() -> str:
     return str(bundled_model_path())
+
+
+@pytest.fixture(scope="module")
+def cloud(model_path: str) -> Iterator[ManagedProcess]:
+    """llama-cpp-python's own OpenAI server on the bundled model: the stand-in cloud (one per test module)."""
+    proc = start_llama_server(model_path)
+    yield proc
+    proc.stop()
 
 
 @pytest.fixture(scope="module")

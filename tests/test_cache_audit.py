@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from hybrid.cache.audit import MAX_IN_FLIGHT, SemanticAudit, agree
-from tests.procs import ManagedProcess, start_llama_server, start_router
+from tests.procs import ManagedProcess, start_router
 
 # ------------------------------------------------------------------------------------------------ units
 
@@ -90,13 +90,6 @@ def test_answers_agree_exactly_when_short_and_by_embedding_when_long() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ end to end
-
-
-@pytest.fixture(scope="module")
-def cloud(model_path: str) -> Iterator[ManagedProcess]:
-    proc = start_llama_server(model_path)
-    yield proc
-    proc.stop()
 
 
 @pytest.fixture(scope="module")

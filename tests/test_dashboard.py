@@ -5,16 +5,15 @@ written to test-output/dashboard.png."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.conftest import sdk
-from tests.procs import REPO, ManagedProcess, start_router
+from tests.browser import SCREENSHOTS, chromium_page
+from tests.procs import ManagedProcess, start_router
 
 ADMIN, APP = "admin-key", "app-key"
-CHROMIUM = "/usr/bin/chromium"
 
 
 @pytest.fixture(scope="module")
@@ -79,30 +78,15 @@ def test_only_admin_keys_open_the_dashboard(seeded: ManagedProcess) -> None:
 
 
 def test_the_dashboard_renders_the_ledger_in_chromium(seeded: ManagedProcess) -> None:
-    from playwright.sync_api import sync_playwright
-
-    assert Path(CHROMIUM).exists(), "the browser tests need Debian's chromium: apt-get install chromium"
-    out = REPO / "test-output"
-    out.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--no-first-run", "--disable-sync"])
-        try:
-            page = browser.new_page(extra_http_headers={"authorization": f"Bearer {ADMIN}"})
-            problems: list[str] = []
-            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: problems.append(str(e)))
-            resp = page.goto(seeded.url + "/dashboard?since=1d")
-            assert resp is not None and resp.status == 200
-            assert page.inner_text("#requests b") == "5"
-            assert page.inner_text("#hit-rate b") == "20.0%"
-            assert page.inner_text("#saved b").endswith("%") and page.inner_text("#saved b") != "0.0%"
-            text = page.inner_text("body")
-            for expected in ("search", "chat", "cloud", "cache", "support-monthly", "Spend per day"):
-                assert expected in text, expected
-            assert page.locator("svg rect").count() >= 4  # the charts drew their columns and bars
-            page.screenshot(path=str(out / "dashboard.png"), full_page=True)
-            assert problems == []
-        finally:
-            browser.close()
+    with chromium_page({"authorization": f"Bearer {ADMIN}"}) as (page, problems):
+        resp = page.goto(seeded.url + "/dashboard?since=1d")
+        assert resp is not None and resp.status == 200
+        assert page.inner_text("#requests b") == "5"
+        assert page.inner_text("#hit-rate b") == "20.0%"
+        assert page.inner_text("#saved b").endswith("%") and page.inner_text("#saved b") != "0.0%"
+        text = page.inner_text("body")
+        for expected in ("search", "chat", "cloud", "cache", "support-monthly", "Spend per day"):
+            assert expected in text, expected
+        assert page.locator("svg rect").count() >= 4  # the charts drew their columns and bars
+        page.screenshot(path=str(SCREENSHOTS / "dashboard.png"), full_page=True)
+        assert problems == []

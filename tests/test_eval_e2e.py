@@ -14,18 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.procs import ManagedProcess, start_llama_server, start_router
+from tests.browser import SCREENSHOTS, chromium_page
+from tests.procs import ManagedProcess, start_router
 
 REPO = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
 PICK = ["arith-01", "arith-15", "json-order-01", "cls-ticket-02", "fact-01", "code-09", "summ-01", "summ-02"]
-
-
-@pytest.fixture(scope="module")
-def cloud(model_path: str) -> Iterator[ManagedProcess]:
-    proc = start_llama_server(model_path)
-    yield proc
-    proc.stop()
 
 
 @pytest.fixture(scope="module")
@@ -170,36 +163,21 @@ def test_compare_calibrate_and_write_the_threshold(first_run: dict[str, object],
 
 
 def test_the_html_report_opens_in_chromium(first_run: dict[str, object]) -> None:
-    from playwright.sync_api import sync_playwright
-
-    assert Path(CHROMIUM).exists(), "the browser tests need Debian's chromium: apt-get install chromium"
     html = Path(str(first_run["html"]))
     text = html.read_text()
     assert "<script" not in text and "http://" not in text.split("</style>")[0]  # self-contained: nothing fetched
-    out = REPO / "test-output"
-    out.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--no-first-run", "--disable-sync"])
-        try:
-            page = browser.new_page()
-            problems: list[str] = []
-            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: problems.append(str(e)))
-            requests: list[str] = []
-            page.on("request", lambda r: requests.append(r.url))
-            page.goto(html.as_uri())
-            assert page.locator("svg path.curve").count() == 2  # quality against share and against cost
-            assert page.locator("svg circle.chosen").count() == 2
-            body = page.inner_text("body")
-            for expected in ("Targets", "Quality against cost", "By tag", "Worst items", "summarisation", "gemma-cloud"):
-                assert expected in body, expected
-            page.screenshot(path=str(out / "eval-report.png"), full_page=True)
-            assert problems == []
-            assert requests == [html.as_uri()]
-        finally:
-            browser.close()
+    with chromium_page() as (page, problems):
+        requests: list[str] = []
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(html.as_uri())
+        assert page.locator("svg path.curve").count() == 2  # quality against share and against cost
+        assert page.locator("svg circle.chosen").count() == 2
+        body = page.inner_text("body")
+        for expected in ("Targets", "Quality against cost", "By tag", "Worst items", "summarisation", "gemma-cloud"):
+            assert expected in body, expected
+        page.screenshot(path=str(SCREENSHOTS / "eval-report.png"), full_page=True)
+        assert problems == []
+        assert requests == [html.as_uri()]
 
 
 def test_the_ledger_books_eval_traffic_apart(first_run: dict[str, object], setup: dict[str, object]) -> None:

@@ -15,14 +15,8 @@ import openai
 import pytest
 
 from tests.conftest import sdk
-from tests.procs import ManagedProcess, start_fault_upstream, start_llama_server, start_proxy, start_router
+from tests.procs import ManagedProcess, start_fault_upstream, start_proxy, start_router
 
-
-@pytest.fixture(scope="module")
-def cloud(model_path: str) -> Iterator[ManagedProcess]:
-    proc = start_llama_server(model_path)
-    yield proc
-    proc.stop()
 
 
 

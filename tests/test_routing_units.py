@@ -263,7 +263,7 @@ def test_the_embedding_head_reads_the_cache_embedding_when_given() -> None:
 
 
 def test_a_model_survives_its_file_and_a_bad_file_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from hybrid.routing.learned import LearnedScorer, ScorerModel, default_model_bytes
+    from hybrid.routing.learned import ScorerModel, default_model_bytes
 
     model = ScorerModel.from_bytes(default_model_bytes())
     path = tmp_path / "scorer.json"
