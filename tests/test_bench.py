@@ -53,3 +53,16 @@ def test_bad_arguments_are_one_line_errors() -> None:
                  ["--url", "http://127.0.0.1:9/v1", "--header", "novalue"]):
         done = _bench(*args)
         assert done.returncode == 2 and done.stderr.startswith("hybrid bench:"), done.stderr
+
+
+def test_latencies_are_kept_in_a_bounded_reservoir(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from hybrid.evals import loadgen
+
+    monkeypatch.setattr(loadgen, "MAX_SAMPLES", 100)
+    t = loadgen.Tally(window_s=1.0)
+    for i in range(10_000):
+        t.observe(i / 10_000, None)
+    assert len(t.latencies) == 100 and t.seen == 10_000
+    s = loadgen.summary(t)
+    assert s["requests"] == 10_000 and s["throughput_rps"] == 10_000
+    assert 0.3 < s["latency_ms"]["p50"] / 1000 < 0.7  # a uniform sample of a uniform spread

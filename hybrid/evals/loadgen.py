@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import multiprocessing as mp
 import os
+import random
 import sys
 import time
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from hybrid import http1
 from hybrid.evals.stats import percentile
 
 MAX_LINE = 4 << 20
+MAX_SAMPLES = 1_000_000  # latencies kept per process: past it, a uniform reservoir (memory stays bounded)
 
 
 @dataclass
@@ -51,12 +53,24 @@ class Tally:
     window_s: float = 0.0
     late: int = 0  # open loop: requests that could not start on time (all N in flight)
 
+    seen: int = 0  # latencies observed (the reservoir holds at most MAX_SAMPLES of them)
+    ttft_seen: int = 0
+
+    def observe(self, latency: float, ttft: float | None) -> None:
+        self.seen += 1
+        _reservoir(self.latencies, latency, self.seen)
+        if ttft is not None:
+            self.ttft_seen += 1
+            _reservoir(self.ttfts, ttft, self.ttft_seen)
+
     def error(self, kind: str) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1
 
     def merge(self, other: Tally) -> None:
         self.latencies += other.latencies
         self.ttfts += other.ttfts
+        self.seen += other.seen
+        self.ttft_seen += other.ttft_seen
         for k, v in other.errors.items():
             self.errors[k] = self.errors.get(k, 0) + v
         self.completion_tokens += other.completion_tokens
@@ -98,9 +112,7 @@ async def _one(pool: http1.Pool, shard: Shard, due: float, tally: Tally, record:
                         pass
         done = time.perf_counter()
         if record:
-            tally.latencies.append(done - due)
-            if first is not None:
-                tally.ttfts.append(first - due)
+            tally.observe(done - due, None if first is None else first - due)
             tally.completion_tokens += tokens
     except http1.HTTPClientError as exc:
         if record:
@@ -161,6 +173,15 @@ async def _run_shard(shard: Shard) -> Tally:
     return tally
 
 
+def _reservoir(samples: list[float], value: float, seen: int) -> None:
+    if len(samples) < MAX_SAMPLES:
+        samples.append(value)
+    else:
+        j = random.randrange(seen)
+        if j < MAX_SAMPLES:
+            samples[j] = value
+
+
 def _shard_main(shard: Shard, conn: Any) -> None:
     try:
         import uvloop
@@ -199,7 +220,7 @@ def run_bench(shard: Shard, processes: int = 1) -> Tally:
 
 
 def summary(t: Tally) -> dict[str, Any]:
-    done = len(t.latencies)
+    done = t.seen
     window = t.window_s or 1.0
     ms = [v * 1000 for v in t.latencies]
     tt = [v * 1000 for v in t.ttfts]
