@@ -16,7 +16,7 @@ def _f(v: float | None, digits: int = 3, unit: str = "") -> str:
 def _line_chart(points: list[tuple[float, float]], chosen: tuple[float, float] | None, goal: float | None,
                 x_label: str, y_label: str, x_fmt: str = "{:.0%}") -> str:
     """A small line chart; ``chosen`` is marked, ``goal`` drawn as a dashed horizontal line."""
-    w, h, left, bottom, top, right = 460, 260, 56, 40, 14, 14
+    w, h, left, bottom, top, right = 470, 260, 56, 40, 14, 30
     if not points:
         return "<p>No points.</p>"
     xs = [p[0] for p in points]
