@@ -443,6 +443,7 @@ class Gateway:
             after = audit.record(lookup.partition, lookup.similarity, not same)
             metrics.child(metrics.CACHE_AUDITS, "agree" if same else "wrong").inc()
             if after > before:
+                await self.cache.share_threshold(lookup.partition, after)
                 log.warning("cache: a semantic hit at similarity %.4f served another question's answer; this "
                             "partition's threshold rises from %.4f to %.4f", lookup.similarity, before, after)
         except Exception as exc:  # the live answer failed: no verdict either way

@@ -8,13 +8,14 @@ import asyncio
 import random
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
 from hybrid.cache.audit import MAX_IN_FLIGHT, SemanticAudit, agree
-from tests.procs import ManagedProcess, start_router
+from tests.procs import ManagedProcess, RedisServer, start_router
 
 # ------------------------------------------------------------------------------------------------ units
 
@@ -197,3 +198,55 @@ def test_audits_run_against_the_cloud_stand_in_too(audited: ManagedProcess) -> N
     fig = _budget(audited, done + 1)
     assert fig["audited"] == int(before["audited"]) + 1  # type: ignore[call-overload]  # a verdict, either way
     assert fig["partitions"] == 2  # another model: another partition, with its own threshold
+
+
+def test_a_threshold_raised_on_one_replica_reaches_the_other(faults: ManagedProcess, valkey: RedisServer,
+                                                              tmp_path: Path) -> None:
+    """Two routers share a Redis cache: a wrong hit audited on one lifts the partition's threshold on both, so the
+    other stops serving it without finding out for itself."""
+    httpx.post(f"{faults.url}/control", json={"answers": {"What time does the canteen open?": "11:30",
+                                                          "What time does the gym open?": "6:00"}})
+    config = f"""
+[[backends]]
+name = "scripted"
+kind = "openai"
+tier = "scripted"
+base_url = "{faults.url}/scripted/v1"
+models = ["scripted-model"]
+
+[routing]
+fallbacks = []
+
+[cache]
+backend = "redis"
+redis_url = "{valkey.url}"
+semantic = true
+similarity_threshold = 0.60
+semantic_audit_rate = 1.0
+"""
+    a = start_router(config, tmp_path)
+    b = start_router(config.replace("semantic_audit_rate = 1.0", "semantic_audit_rate = 0.0"), tmp_path)
+    try:
+        for router in (a, b):
+            deadline = time.monotonic() + 120
+            while not router.get("/ready").json()["cache"]["semantic"]:
+                assert time.monotonic() < deadline, "the embedding model did not load"
+                time.sleep(0.1)
+        assert _ask(a, "What time does the canteen open?")[0] == "miss"
+        deadline = time.monotonic() + 30
+        while _ask(b, "What time does the canteen open?")[0] != "hit-exact":  # stored in Redis, off the path
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert _ask(b, "What time does the gym open?") == ("hit-semantic", "11:30")  # b audits nothing itself
+        assert _ask(a, "What time does the gym open?") == ("hit-semantic", "11:30")  # a audits, finds it wrong
+        assert _budget(a, 1)["wrong"] == 1
+        deadline = time.monotonic() + 30
+        while b.get("/ready").json()["cache"]["error_budget"]["threshold"]["max"] <= 0.6:  # b follows within ~2 s
+            assert time.monotonic() < deadline, "the raised threshold never reached the other replica"
+            time.sleep(0.1)
+        assert _ask(b, "What time does the gym open?") == ("miss", "6:00")
+        assert b.get("/ready").json()["cache"]["error_budget"]["audited"] == 0
+    finally:
+        a.stop()
+        b.stop()
+        httpx.post(f"{faults.url}/control", json={"answers": {}})

@@ -88,6 +88,17 @@ class SemanticAudit:
     def done(self) -> None:
         self.in_flight -= 1
 
+    def raise_to(self, partition: str, threshold: float) -> None:
+        """Take a threshold another replica's audits reached (thresholds only rise)."""
+        p = self._partitions.get(partition)
+        if p is None:
+            if threshold <= self.base:
+                return
+            p = self._partitions[partition] = _Partition(self.base)
+            while len(self._partitions) > MAX_PARTITIONS:
+                self._partitions.popitem(last=False)
+        p.threshold = max(p.threshold, min(1.0, threshold))
+
     def record(self, partition: str, similarity: float, wrong: bool) -> float:
         """One audited hit; returns the partition's threshold after it."""
         p = self._partitions.get(partition)

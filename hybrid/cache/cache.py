@@ -27,6 +27,7 @@ from hybrid.metrics import CACHE_ERRORS, CACHE_GUARD_REJECTIONS, CACHE_LOOKUPS, 
 from hybrid.protocol import Chunk, InferenceRequest, completion_to_chunk, from_text_completion_chunk, make_chunk
 
 log = logging.getLogger("hybrid.cache")
+THRESHOLD_SYNC_S = 2.0  # how often a replica takes the thresholds the others raised (shared stores only)
 
 
 @dataclass
@@ -60,11 +61,35 @@ class ResponseCache:
         self.audit = SemanticAudit(cfg.semantic_error_budget, cfg.semantic_audit_rate, cfg.similarity_threshold)
         self._pending: set[asyncio.Task[None]] = set()
         self._loading: asyncio.Future[None] | None = None
+        self._sync: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.store.start()
         if self.embedder is not None:
             self._loading = asyncio.ensure_future(self._load_embedder())
+            if self.store.shares_thresholds:
+                self._sync = asyncio.ensure_future(self._follow_thresholds())
+
+    async def share_threshold(self, partition: str, threshold: float) -> None:
+        """Tell the other replicas (through a shared store) that a partition's threshold rose."""
+        if not self.store.shares_thresholds:
+            return
+        try:
+            await self.store.raise_threshold(partition, threshold, self.cfg.ttl_s or 86400.0)
+        except Exception as exc:
+            log.warning("cache: could not share a raised threshold (%s)", exc)
+            CACHE_ERRORS.labels("thresholds").inc()
+
+    async def _follow_thresholds(self) -> None:
+        """Take the thresholds other replicas raised, every THRESHOLD_SYNC_S: a wrong hit one replica's audit found
+        stops being served by all of them."""
+        while True:
+            try:
+                for partition, threshold in (await self.store.thresholds()).items():
+                    self.audit.raise_to(partition, threshold)
+            except Exception as exc:
+                log.debug("cache: could not read shared thresholds (%s)", exc)
+            await asyncio.sleep(THRESHOLD_SYNC_S)
 
     async def _load_embedder(self) -> None:
         assert self.embedder is not None
@@ -75,6 +100,9 @@ class ResponseCache:
             self.embedder = None
 
     async def close(self) -> None:
+        if self._sync is not None:
+            self._sync.cancel()
+            await asyncio.gather(self._sync, return_exceptions=True)
         if self._loading is not None and not self._loading.done():
             await asyncio.wait([self._loading], timeout=30)
         if self._pending:

@@ -42,6 +42,9 @@ class RedisCacheStore(CacheStore):
         self.index_name = prefix.rstrip(":").replace(":", "-") + "-idx"
         # RESP2 replies (lists), whatever the client's default: one reply shape to parse
         self.r = redis.Redis.from_url(url, protocol=2, socket_timeout=1.0, socket_connect_timeout=1.0)
+        # raised semantic thresholds, partition -> threshold: outside the entries' prefix (no index, no clear)
+        self.thresholds_key = prefix.rstrip(":") + "-thresholds"
+        self.shares_thresholds = True
 
     async def start(self) -> None:
         try:
@@ -68,6 +71,20 @@ class RedisCacheStore(CacheStore):
 
     async def close(self) -> None:
         await self.r.aclose()
+
+    async def raise_threshold(self, partition: str, threshold: float, ttl_s: float) -> None:
+        """One script on the server: the highest threshold any replica has published wins."""
+        await self.r.eval(_RAISE, 1, self.thresholds_key, partition, repr(threshold), max(1, int(ttl_s)))
+
+    async def thresholds(self) -> dict[str, float]:
+        raw = await self.r.hgetall(self.thresholds_key)
+        out = {}
+        for k, v in raw.items():
+            try:
+                out[_text(k)] = float(_text(v))
+            except ValueError:
+                continue
+        return out
 
     async def get(self, key: str) -> CacheEntry | None:
         data = await self.r.hgetall(self.prefix + key)
@@ -147,6 +164,16 @@ class RedisCacheStore(CacheStore):
             if entry is not None:
                 yield {"key": entry.key, "namespace": entry.namespace, "text": entry.text, "answer": entry.answer,
                        "created": entry.created, "expires": entry.expires}
+
+
+_RAISE = """
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if (not current) or tonumber(current) < tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
 
 
 def _text(v: Any) -> str:

@@ -26,6 +26,8 @@ class CacheStore(abc.ABC):
     name: str
     #: True when nearest() works (embedded index, or Redis with the search module)
     semantic: bool = False
+    #: True when semantic thresholds raised by one replica's audits reach the others through this store
+    shares_thresholds: bool = False
 
     async def start(self) -> None:
         return None
@@ -41,6 +43,14 @@ class CacheStore(abc.ABC):
 
     async def touch(self, key: str) -> None:
         return None
+
+    async def raise_threshold(self, partition: str, threshold: float, ttl_s: float) -> None:
+        """Publish a partition's raised semantic threshold to the other replicas (kept for ``ttl_s``)."""
+        return None
+
+    async def thresholds(self) -> dict[str, float]:
+        """Every partition's threshold as published by any replica."""
+        return {}
 
     @abc.abstractmethod
     async def nearest(self, partition: str, vector: np.ndarray, k: int) -> list[tuple[CacheEntry, float]]:
