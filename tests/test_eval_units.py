@@ -289,3 +289,17 @@ def test_calibration_scores_read_the_cache_embedding_when_production_would() -> 
     assert lexical["x"] == pytest.approx(scorer.score(extract_features(req)), abs=1e-6)
     assert semantic["x"] == pytest.approx(scorer.score(extract_features(req, vector)), abs=1e-5)
     assert semantic["x"] != lexical["x"]
+
+
+def test_an_unreachable_router_is_an_error_with_its_reason(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    workload = tmp_path / "w.jsonl"
+    workload.write_text('{"id": "a", "prompt": "2+2?", "reference": "4", "grader": "numeric"}\n')
+    out = tmp_path / "r.json"
+    done = subprocess.run([sys.executable, "-m", "hybrid", "eval", str(workload), "--targets", "local", "--url",
+                           "http://127.0.0.1:9/v1", "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "nothing was graded; the first error: ConnectError" in done.stderr
+    doc = json.loads(out.read_text())  # the results are still written, with every error in them
+    assert doc["items"][0]["error"].startswith("ConnectError") and doc["summary"]["local"]["overall"]["errors"] == 1

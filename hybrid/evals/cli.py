@@ -207,6 +207,10 @@ def _run(args: argparse.Namespace) -> int:
         prompts, refs = _prompts(args.workload)
         Path(args.html).write_text(report_html.render(doc, prompts, refs), "utf-8")
         print(f"report: {args.html}")
+    if not any(r.score is not None for r in results):
+        first = next((r.error for r in results if r.error), "?")
+        print(f"hybrid eval: nothing was graded; the first error: {first}", file=sys.stderr)
+        return 1
     return 0
 
 
