@@ -142,7 +142,7 @@ def test_a_failing_judge_is_an_error_not_a_zero(setup: dict[str, object]) -> Non
     out = tmp / "broken.json"
     done = _hybrid("eval", workload, "--targets", "local", "--url", router.url + "/v1", "--config", setup["config"],
                    "--judge", "brokenjudge", "--out", out)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1 and "nothing was graded; the first error: grade: the judge (brokenjudge)" in done.stderr
     doc = json.loads(out.read_text())
     assert [r["score"] for r in doc["items"]] == [None, None]
     assert all(r["error"].startswith("grade: the judge (brokenjudge) failed") for r in doc["items"])
