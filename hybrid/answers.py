@@ -105,6 +105,7 @@ class Answer:
         h = {
             "x-hybrid-tier": self.target.tier,
             "x-hybrid-backend": self.target.backend.name,
+            "x-hybrid-model": self.target.model,
             "x-hybrid-route-reason": self.reason,
         }
         lookup = self.flight.lookup

@@ -106,6 +106,9 @@ def test_every_item_meets_every_target_through_the_router(first_run: dict[str, o
             assert r["route_reason"].startswith("auto:")  # routing exercised, never the cache
         if r["item"].startswith("summ-"):
             assert r["score"] == 0.75  # the scripted judge's "SCORE: 4", parsed
+            assert r["judge_cost"] > 0  # the judge backend is priced
+        else:
+            assert r["judge_cost"] == 0
         assert (r["cost"] > 0) == (r["tier"] == "cloud")  # priced cloud; the local machine costs nothing here
         assert r["counterfactual"] > 0
     assert doc["model_ids"]["local"] == ["gemma-3-270m"] and doc["model_ids"]["cloud"] == ["gemma-cloud"]

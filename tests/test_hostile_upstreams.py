@@ -128,7 +128,8 @@ def test_a_client_leaving_a_flooding_stream_stops_the_upstream_read(
     body = {"model": "endless", "messages": [{"role": "user", "content": "hi"}], "stream": True}
     with httpx.stream("POST", hostile.url + "/v1/chat/completions", json=body, timeout=30) as resp:
         assert resp.status_code == 200
-        for i, _ in enumerate(resp.iter_bytes()):
+        chunks = resp.iter_bytes()  # keep a reference: a collected iterator closes the stream (a disconnect)
+        for i, _ in enumerate(chunks):
             if i > 20:
                 break
         assert running() == 1

@@ -103,13 +103,13 @@ def test_explicit_tier_model_and_header(routed: ManagedProcess) -> None:
     headers, r = _chat(routed, "cloud")
     assert (headers["x-hybrid-tier"], headers["x-hybrid-backend"], headers["x-hybrid-route-reason"]) == (
         "cloud", "cloud-llama", "explicit-tier")
-    assert r.model == "gemma-cloud"
+    assert r.model == "gemma-cloud" and headers["x-hybrid-model"] == "gemma-cloud"
     headers, _ = _chat(routed, "gemma-cloud")
     assert headers["x-hybrid-route-reason"] == "explicit-model" and headers["x-hybrid-tier"] == "cloud"
     headers, _ = _chat(routed, "auto", extra_headers={"x-hybrid-tier": "cloud"})
     assert headers["x-hybrid-tier"] == "cloud" and headers["x-hybrid-route-reason"] == "header"
     headers, _ = _chat(routed, "local")
-    assert headers["x-hybrid-backend"] == "cpu"
+    assert headers["x-hybrid-backend"] == "cpu" and headers["x-hybrid-model"] == "gemma-3-270m"
 
 
 def test_models_and_ready_list_every_tier(routed: ManagedProcess) -> None:

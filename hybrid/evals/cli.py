@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hybrid.config import Config, ConfigError, default_config, load_config
+from hybrid.config import Config, default_config, load_config
 
 SUBCOMMANDS = ("run", "compare", "calibrate", "fit", "report")
 
@@ -281,7 +281,5 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        return int(args.func(args))
-    except ConfigError:
-        raise
+    """The chosen subcommand (a bad config is reported by the `hybrid` command itself)."""
+    return int(args.func(args))

@@ -37,6 +37,7 @@ def stats(rows: Sequence[ItemResult]) -> dict[str, Any]:
         "ci95": [lo, hi] if scores else None,
         "cost": sum(r.cost for r in rows),
         "counterfactual": sum(r.counterfactual for r in rows),
+        "judge_cost": sum(r.judge_cost for r in rows),
         "cost_per_item": sum(r.cost for r in rows) / max(1, len(ok)),
         "latency_p50": percentile(latency, 50), "latency_p95": percentile(latency, 95),
         "latency_p99": percentile(latency, 99),

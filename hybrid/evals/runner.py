@@ -5,6 +5,7 @@ ledger rows are told apart. Judge items are graded by the judge target, through 
 from __future__ import annotations
 
 import asyncio
+import functools
 import sys
 import time
 from collections.abc import Callable, Coroutine
@@ -15,7 +16,7 @@ from hybrid import http1
 from hybrid.costs import Costing
 from hybrid.evals.client import Outcome, chat
 from hybrid.evals.graders import GradeError, grade
-from hybrid.evals.workload import Item, Workload
+from hybrid.evals.workload import Grader, Item, Workload
 
 DEFAULT_MAX_TOKENS = 256
 
@@ -39,6 +40,7 @@ class ItemResult:
     route_reason: str = ""
     weight: float = 1.0
     tags: list[str] = field(default_factory=list)
+    judge_cost: float = 0.0  # what grading this answer cost (judge items)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,7 +106,7 @@ async def run_eval(run: EvalRun, costing: Costing, progress: Progress | None = N
     pool = http1.Pool(run.base_url, headers=headers, max_connections=max(8, run.concurrency * (len(run.targets) + 1)))
     judge_slots = asyncio.Semaphore(run.concurrency)
 
-    async def ask_judge(prompt: str) -> str:
+    async def ask_judge(prompt: str, result: ItemResult) -> str:
         assert run.judge is not None
         async with judge_slots:
             out = await chat(pool, {"model": run.judge, "messages": [{"role": "user", "content": prompt}],
@@ -112,6 +114,7 @@ async def run_eval(run: EvalRun, costing: Costing, progress: Progress | None = N
                              {"x-hybrid-tags": "source=eval,eval_role=judge"}, run.timeout_s)
         if not out.ok:
             raise GradeError(f"the judge ({run.judge}) failed: {out.error}")
+        result.judge_cost += _result(Item("judge", [], Grader("judge")), run.judge, out, costing).cost
         return out.text
 
     async def one(target: str, item: Item, slots: asyncio.Semaphore) -> ItemResult:
@@ -123,7 +126,8 @@ async def run_eval(run: EvalRun, costing: Costing, progress: Progress | None = N
         result = _result(item, target, out, costing)
         if out.ok:
             try:
-                result.score = await grade(item, out.text, ask_judge if run.judge else None)
+                judge = functools.partial(ask_judge, result=result) if run.judge else None
+                result.score = await grade(item, out.text, judge)
             except GradeError as exc:
                 result.error = f"grade: {exc}"
         if progress is not None:
@@ -149,7 +153,8 @@ def _result(item: Item, target: str, out: Outcome, costing: Costing) -> ItemResu
     details: Any = out.usage.get("prompt_tokens_details")
     cached = int(details.get("cached_tokens", 0) or 0) if isinstance(details, dict) else 0
     generation_s = out.latency_s - out.ttft_s if out.ttft_s is not None else 0.0
-    cost = costing.cost(backend, out.model, prompt, completion, cached, generation_s) if out.ok else 0.0
+    model = out.headers.get("x-hybrid-model") or out.model  # the id the router asked for: what it is priced by
+    cost = costing.cost(backend, model, prompt, completion, cached, generation_s) if out.ok else 0.0
     return ItemResult(
         item=item.id, target=target, score=None, error=out.error, answer=out.text, latency_s=round(out.latency_s, 6),
         ttft_s=None if out.ttft_s is None else round(out.ttft_s, 6), cost=cost,
