@@ -250,3 +250,23 @@ semantic_audit_rate = 1.0
         a.stop()
         b.stop()
         httpx.post(f"{faults.url}/control", json={"answers": {}})
+
+
+def test_the_shared_thresholds_keep_the_highest_and_stay_bounded(valkey: RedisServer, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from hybrid.cache import redis_store
+
+    monkeypatch.setattr(redis_store, "MAX_SHARED_THRESHOLDS", 2)
+
+    async def go() -> dict[str, float]:
+        store = redis_store.RedisCacheStore(valkey.url, prefix="bound:")
+        try:
+            await store.raise_threshold("p1", 0.93, 60)
+            await store.raise_threshold("p1", 0.91, 60)  # lower: ignored
+            await store.raise_threshold("p2", 0.95, 60)
+            await store.raise_threshold("p3", 0.99, 60)  # a third partition: over the bound, not added
+            await store.raise_threshold("p2", 0.97, 60)  # a known one still rises
+            return await store.thresholds()
+        finally:
+            await store.close()
+
+    assert asyncio.run(go()) == {"p1": 0.93, "p2": 0.97}

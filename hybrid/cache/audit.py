@@ -18,22 +18,17 @@ What it costs: one live answer per audited hit, booked in the ledger with the ta
 from __future__ import annotations
 
 import random
-import re
-import unicodedata
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
+
+from hybrid.text import fold
 
 AGREEMENT = 0.90  # answers' embedding similarity at or above which two longer answers say the same
 SHORT_ANSWER = 64  # characters: up to here, answers must match exactly (after folding)
 MAX_SAMPLES = 2_000  # audited hits remembered per partition
 MAX_PARTITIONS = 10_000  # partitions tracked (least recently audited forgotten first)
 MAX_IN_FLIGHT = 4  # live answers for audits at once
-
-
-def fold(text: str) -> str:
-    text = unicodedata.normalize("NFKC", text).casefold()
-    return re.sub(r"\s+", " ", text).strip().strip(" .!\"'`*")
 
 
 def answer_text(answer: dict[str, Any]) -> str:
@@ -52,6 +47,12 @@ def answer_text(answer: dict[str, Any]) -> str:
 class _Partition:
     threshold: float
     samples: deque[tuple[float, bool]] = field(default_factory=lambda: deque(maxlen=MAX_SAMPLES))
+    served_wrong: int = 0  # of the samples at or above the threshold: kept with them, so a scrape only sums
+    served: int = 0
+
+    def recount(self) -> None:
+        served = [w for s, w in self.samples if s >= self.threshold]
+        self.served, self.served_wrong = len(served), sum(served)
 
 
 class SemanticAudit:
@@ -98,6 +99,7 @@ class SemanticAudit:
             while len(self._partitions) > MAX_PARTITIONS:
                 self._partitions.popitem(last=False)
         p.threshold = max(p.threshold, min(1.0, threshold))
+        p.recount()
 
     def record(self, partition: str, similarity: float, wrong: bool) -> float:
         """One audited hit; returns the partition's threshold after it."""
@@ -112,6 +114,7 @@ class SemanticAudit:
         self.audited += 1
         self.wrong += int(wrong)
         p.threshold = self._tightened(p)
+        p.recount()
         return p.threshold
 
     def _tightened(self, p: _Partition) -> float:
@@ -132,13 +135,8 @@ class SemanticAudit:
 
     def observed(self) -> tuple[int, int]:
         """Audited hits that the current thresholds would still serve: (wrong, all)."""
-        wrong = total = 0
-        for p in self._partitions.values():
-            for s, w in p.samples:
-                if s >= p.threshold:
-                    total += 1
-                    wrong += int(w)
-        return wrong, total
+        parts = self._partitions.values()
+        return sum(p.served_wrong for p in parts), sum(p.served for p in parts)
 
     def figures(self) -> dict[str, Any]:
         wrong, total = self.observed()

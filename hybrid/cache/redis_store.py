@@ -73,8 +73,10 @@ class RedisCacheStore(CacheStore):
         await self.r.aclose()
 
     async def raise_threshold(self, partition: str, threshold: float, ttl_s: float) -> None:
-        """One script on the server: the highest threshold any replica has published wins."""
-        await self.r.eval(_RAISE, 1, self.thresholds_key, partition, repr(threshold), max(1, int(ttl_s)))
+        """One script on the server: the highest threshold any replica has published wins; a partition not yet
+        in the hash is added only while it holds fewer than MAX_SHARED_THRESHOLDS."""
+        await self.r.eval(_RAISE, 1, self.thresholds_key, partition, repr(threshold), max(1, int(ttl_s)),
+                          MAX_SHARED_THRESHOLDS)
 
     async def thresholds(self) -> dict[str, float]:
         raw = await self.r.hgetall(self.thresholds_key)
@@ -166,9 +168,10 @@ class RedisCacheStore(CacheStore):
                        "created": entry.created, "expires": entry.expires}
 
 
+MAX_SHARED_THRESHOLDS = 10_000  # partitions in the shared hash: every replica reads it all every few seconds
 _RAISE = """
 local current = redis.call('HGET', KEYS[1], ARGV[1])
-if (not current) or tonumber(current) < tonumber(ARGV[2]) then
+if (not current and redis.call('HLEN', KEYS[1]) < tonumber(ARGV[4])) or (current and tonumber(current) < tonumber(ARGV[2])) then
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 end
 redis.call('EXPIRE', KEYS[1], ARGV[3])

@@ -107,19 +107,13 @@ def _scores(cfg: Config, items: list[Any]) -> dict[str, float]:
     vectors: dict[str, Any] = {}
     if cfg.cache.backend != "off" and cfg.cache.semantic and cfg.cache.embedder == "local" \
             and getattr(getattr(scorer, "model", None), "embedding", None) is not None:
-        from hybrid.cache.embeddings import EmbedderUnavailable, LocalMiniLM
         from hybrid.cache.keys import conversation_text
+        from hybrid.routing.training import embed_texts
 
-        try:
-            embedder = LocalMiniLM(threads=2)
-            embedder.load()
-            ids = list(requests)
-            texts = [conversation_text(requests[i]) for i in ids]
-            for start in range(0, len(ids), 64):
-                rows = embedder.embed_sync(texts[start : start + 64])
-                vectors.update(zip(ids[start : start + 64], rows))
-        except EmbedderUnavailable:
-            pass
+        ids = list(requests)
+        rows = embed_texts([conversation_text(requests[i]) for i in ids])
+        if rows is not None:
+            vectors = {i: row.astype("float32") for i, row in zip(ids, rows)}
     return {i: round(float(scorer.score(extract_features(req, vectors.get(i)))), 6) for i, req in requests.items()}
 
 

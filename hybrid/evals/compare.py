@@ -5,26 +5,19 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
-from hybrid.evals.stats import RESAMPLES, SEED
+from hybrid.evals.stats import bootstrap_ci, weighted_mean
 
 
-def paired_difference(old: dict[str, float], new: dict[str, float], weights: dict[str, float]) -> tuple[float, float, float, int]:
+def paired_difference(old: dict[str, float], new: dict[str, float],
+                      weights: dict[str, float]) -> tuple[float, float, float, int]:
     """Mean of new - old over shared items, with a 95% bootstrap interval; and how many items were shared."""
     shared = sorted(set(old) & set(new))
     if not shared:
         return float("nan"), float("nan"), float("nan"), 0
-    d = np.array([new[k] - old[k] for k in shared])
-    w = np.array([weights.get(k, 1.0) for k in shared])
-    mean = float((d * w).sum() / w.sum())
-    if len(shared) == 1:
-        return mean, mean, mean, 1
-    rng = np.random.default_rng(SEED)
-    idx = rng.integers(0, len(shared), size=(RESAMPLES, len(shared)))
-    means = (d[idx] * w[idx]).sum(axis=1) / w[idx].sum(axis=1)
-    lo, hi = np.quantile(means, [0.025, 0.975])
-    return mean, float(lo), float(hi), len(shared)
+    d = [new[k] - old[k] for k in shared]
+    w = [weights.get(k, 1.0) for k in shared]
+    lo, hi = bootstrap_ci(d, w)
+    return weighted_mean(d, w), lo, hi, len(shared)
 
 
 def compare(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:

@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 
 from hybrid.evals.workload import Item
+from hybrid.text import fold
 
 MAX_GRADED_CHARS = 64 << 10  # what a grader reads of an answer: bounds a regex's work on a runaway answer
 
@@ -22,22 +22,16 @@ class GradeError(Exception):
 JudgeFn = Callable[[str], Awaitable[str]]  # a rubric prompt in, the judge's reply out
 
 
-def _norm(text: str) -> str:
-    text = unicodedata.normalize("NFKC", text).casefold()
-    text = re.sub(r"\s+", " ", text).strip()
-    return text.strip(" .!\"'`*")
-
-
 def grade_exact(answer: str, reference: str | list[str]) -> float:
     refs = reference if isinstance(reference, list) else [reference]
-    return 1.0 if _norm(answer) in {_norm(r) for r in refs} else 0.0
+    return 1.0 if fold(answer) in {fold(r) for r in refs} else 0.0
 
 
 def grade_contains(answer: str, reference: str | list[str]) -> float:
     """Every reference string appears in the answer (case and spacing folded)."""
     refs = reference if isinstance(reference, list) else [reference]
-    a = _norm(answer)
-    return 1.0 if all(_norm(r) in a for r in refs) else 0.0
+    a = fold(answer)
+    return 1.0 if all(fold(r) in a for r in refs) else 0.0
 
 
 def grade_regex(answer: str, pattern: str) -> float:
@@ -103,7 +97,7 @@ def _contains(got: Any, want: Any) -> bool:
     if isinstance(want, list):
         return isinstance(got, list) and len(got) == len(want) and all(_contains(g, w) for g, w in zip(got, want))
     if isinstance(want, str) and isinstance(got, str):
-        return _norm(got) == _norm(want)
+        return fold(got) == fold(want)
     if isinstance(want, (int, float)) and isinstance(got, (int, float)) and not isinstance(got, bool):
         return abs(got - want) <= 1e-9
     return bool(got == want)

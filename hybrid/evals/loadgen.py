@@ -80,6 +80,9 @@ class Tally:
 
 
 async def _one(pool: http1.Pool, shard: Shard, due: float, tally: Tally, record: bool) -> None:
+    """One request. Not :func:`hybrid.evals.client.chat`, which parses every event to keep the answer's text: the
+    load generator only needs the first content and the usage, found by a byte search, so its own cost per
+    request stays far below the endpoints it measures (scripts/bench_loadgen.py)."""
     try:
         resp = await pool.request("POST", shard.path, shard.body, timeout_s=shard.timeout_s)
         async with resp:

@@ -8,7 +8,7 @@ import asyncio
 import functools
 import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
@@ -16,7 +16,7 @@ from hybrid import http1
 from hybrid.costs import Costing
 from hybrid.evals.client import Outcome, chat
 from hybrid.evals.graders import GradeError, grade
-from hybrid.evals.workload import Grader, Item, Workload
+from hybrid.evals.workload import Item, Workload
 
 DEFAULT_MAX_TOKENS = 256
 
@@ -114,7 +114,7 @@ async def run_eval(run: EvalRun, costing: Costing, progress: Progress | None = N
                              {"x-hybrid-tags": "source=eval,eval_role=judge"}, run.timeout_s)
         if not out.ok:
             raise GradeError(f"the judge ({run.judge}) failed: {out.error}")
-        result.judge_cost += _result(Item("judge", [], Grader("judge")), run.judge, out, costing).cost
+        result.judge_cost += _cost(out, costing)
         return out.text
 
     async def one(target: str, item: Item, slots: asyncio.Semaphore) -> ItemResult:
@@ -146,23 +146,30 @@ async def run_eval(run: EvalRun, costing: Costing, progress: Progress | None = N
             progress.close()
 
 
-def _result(item: Item, target: str, out: Outcome, costing: Costing) -> ItemResult:
-    prompt = int(out.usage.get("prompt_tokens", 0) or 0)
-    completion = int(out.usage.get("completion_tokens", 0) or 0)
-    backend = out.headers.get("x-hybrid-backend", "")
+def _cost(out: Outcome, costing: Costing) -> float:
+    """What an answer cost, priced as the router's ledger prices it: by the backend and the model id it was asked
+    for (``x-hybrid-model``); a local backend by its generation time."""
+    if not out.ok:
+        return 0.0
     details: Any = out.usage.get("prompt_tokens_details")
     cached = int(details.get("cached_tokens", 0) or 0) if isinstance(details, dict) else 0
     generation_s = out.latency_s - out.ttft_s if out.ttft_s is not None else 0.0
-    model = out.headers.get("x-hybrid-model") or out.model  # the id the router asked for: what it is priced by
-    cost = costing.cost(backend, model, prompt, completion, cached, generation_s) if out.ok else 0.0
+    return costing.cost(out.headers.get("x-hybrid-backend", ""), out.headers.get("x-hybrid-model") or out.model,
+                        _tokens(out, "prompt"), _tokens(out, "completion"), cached, generation_s)
+
+
+def _tokens(out: Outcome, kind: str) -> int:
+    return int(out.usage.get(f"{kind}_tokens", 0) or 0)
+
+
+def _result(item: Item, target: str, out: Outcome, costing: Costing) -> ItemResult:
+    prompt, completion = _tokens(out, "prompt"), _tokens(out, "completion")
     return ItemResult(
         item=item.id, target=target, score=None, error=out.error, answer=out.text, latency_s=round(out.latency_s, 6),
-        ttft_s=None if out.ttft_s is None else round(out.ttft_s, 6), cost=cost,
+        ttft_s=None if out.ttft_s is None else round(out.ttft_s, 6), cost=_cost(out, costing),
         counterfactual=costing.counterfactual(prompt, completion) if out.ok else 0.0,
         prompt_tokens=prompt, completion_tokens=completion, tier=out.headers.get("x-hybrid-tier", ""),
-        backend=backend, model=out.model, route_reason=out.headers.get("x-hybrid-route-reason", ""),
-        weight=item.weight, tags=list(item.tags),
+        backend=out.headers.get("x-hybrid-backend", ""), model=out.model,
+        route_reason=out.headers.get("x-hybrid-route-reason", ""), weight=item.weight, tags=list(item.tags),
     )
 
-
-ScoreFn = Callable[[Item], float]

@@ -186,19 +186,24 @@ def cross_validate(examples: Sequence[Example], vectors: np.ndarray | None, l2: 
     return figures(labels, lex_scores), (figures(labels, emb_scores) if vectors is not None else None)
 
 
-def embed_prompts(texts: Sequence[str]) -> np.ndarray | None:
-    """MiniLM embeddings of single-turn prompts, as the semantic cache embeds them; None without the extra."""
+def embed_texts(texts: Sequence[str]) -> np.ndarray | None:
+    """MiniLM embeddings of texts already in the cache's form (``conversation_text``); None without the extra."""
     from hybrid.cache.embeddings import EmbedderUnavailable, LocalMiniLM
-    from hybrid.cache.keys import normalise_text
 
     try:
         embedder = LocalMiniLM(threads=2)
     except EmbedderUnavailable:
         return None
     embedder.load()
-    rows = [embedder.embed_sync([f"user: {normalise_text(t)}" for t in texts[i : i + 64]])
-            for i in range(0, len(texts), 64)]
-    return np.vstack(rows).astype(np.float64)
+    rows = [embedder.embed_sync(list(texts[i : i + 64])) for i in range(0, len(texts), 64)]
+    return np.vstack(rows).astype(np.float64) if rows else np.zeros((0, embedder.dim))
+
+
+def embed_prompts(texts: Sequence[str]) -> np.ndarray | None:
+    """Single-turn prompts embedded as the semantic cache embeds them."""
+    from hybrid.cache.keys import normalise_text
+
+    return embed_texts([f"user: {normalise_text(t)}" for t in texts])
 
 
 def fit_model(examples: Sequence[Example], vectors: np.ndarray | None = None,
