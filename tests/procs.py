@@ -187,3 +187,11 @@ class RedisServer:
             self.proc.kill()
             self.proc.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def wait_semantic(router: ManagedProcess, timeout_s: float = 120.0) -> None:
+    """Until the router's embedding model has loaded (in the background, after start)."""
+    deadline = time.monotonic() + timeout_s
+    while not router.get("/ready").json()["cache"]["semantic"]:
+        assert time.monotonic() < deadline, "the embedding model did not load"
+        time.sleep(0.1)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from hybrid.cache.audit import MAX_IN_FLIGHT, SemanticAudit, agree
-from tests.procs import ManagedProcess, RedisServer, start_router
+from tests.procs import ManagedProcess, RedisServer, start_router, wait_semantic
 
 # ------------------------------------------------------------------------------------------------ units
 
@@ -93,16 +93,21 @@ def test_answers_agree_exactly_when_short_and_by_embedding_when_long() -> None:
 # ------------------------------------------------------------------------------------------------ end to end
 
 
-@pytest.fixture(scope="module")
-def audited(faults: ManagedProcess, cloud: ManagedProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:
-    config = f"""
+def _scripted(faults: ManagedProcess) -> str:
+    """A backend whose answers are set per question (POST /control {"answers": ...}): near-misses differ."""
+    return f"""
 [[backends]]
 name = "scripted"
 kind = "openai"
 tier = "scripted"
 base_url = "{faults.url}/scripted/v1"
 models = ["scripted-model"]
+"""
 
+
+@pytest.fixture(scope="module")
+def audited(faults: ManagedProcess, cloud: ManagedProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:
+    config = f"""{_scripted(faults)}
 [[backends]]
 name = "cloud-llama"
 kind = "openai"
@@ -127,10 +132,7 @@ semantic_audit_rate = 1.0
         "How do I change my password?": "Open Settings, then Security, then Change password.",
     }})
     proc = start_router(config, tmp_path_factory.mktemp("audit"))
-    deadline = time.monotonic() + 120
-    while not proc.get("/ready").json()["cache"]["semantic"]:
-        assert time.monotonic() < deadline, "the embedding model did not load"
-        time.sleep(0.1)
+    wait_semantic(proc)
     yield proc
     proc.stop()
     httpx.post(f"{faults.url}/control", json={"answers": {}})
@@ -206,14 +208,7 @@ def test_a_threshold_raised_on_one_replica_reaches_the_other(faults: ManagedProc
     other stops serving it without finding out for itself."""
     httpx.post(f"{faults.url}/control", json={"answers": {"What time does the canteen open?": "11:30",
                                                           "What time does the gym open?": "6:00"}})
-    config = f"""
-[[backends]]
-name = "scripted"
-kind = "openai"
-tier = "scripted"
-base_url = "{faults.url}/scripted/v1"
-models = ["scripted-model"]
-
+    config = f"""{_scripted(faults)}
 [routing]
 fallbacks = []
 
@@ -228,10 +223,7 @@ semantic_audit_rate = 1.0
     b = start_router(config.replace("semantic_audit_rate = 1.0", "semantic_audit_rate = 0.0"), tmp_path)
     try:
         for router in (a, b):
-            deadline = time.monotonic() + 120
-            while not router.get("/ready").json()["cache"]["semantic"]:
-                assert time.monotonic() < deadline, "the embedding model did not load"
-                time.sleep(0.1)
+            wait_semantic(router)
         assert _ask(a, "What time does the canteen open?")[0] == "miss"
         deadline = time.monotonic() + 30
         while _ask(b, "What time does the canteen open?")[0] != "hit-exact":  # stored in Redis, off the path

@@ -21,6 +21,7 @@ from tests.procs import (
     RedisServer,
     start_router,
     valkey_binary,
+    wait_semantic,
 )
 
 
@@ -51,18 +52,11 @@ fallbacks = []
 """
 
 
-def _wait_semantic(router: ManagedProcess) -> None:
-    deadline = time.monotonic() + 120
-    while not router.get("/ready").json()["cache"]["semantic"]:
-        assert time.monotonic() < deadline, "the embedding model did not load"
-        time.sleep(0.1)
-
-
 @pytest.fixture(scope="module")
 def cached(faults: ManagedProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:
     proc = start_router(_config(faults, "max_entries = 1000", 'api_keys = ["key-a", "key-b"]\nteams = { ops = ["key-c", "key-d"] }'),
                         tmp_path_factory.mktemp("cached"), key="key-b")
-    _wait_semantic(proc)
+    wait_semantic(proc)
     yield proc
     proc.stop()
 
@@ -272,7 +266,7 @@ models = ["all-MiniLM-L6-v2"]
 """
     router = start_router(config, tmp_path, env={"EMB_KEY": "key-a"})
     try:
-        _wait_semantic(router)
+        wait_semantic(router)
         _ask(router, "What is the capital of Australia?", key="unused")
         h, _ = _ask(router, "What's the capital city of Australia?", key="unused")
         assert h["x-hybrid-cache"] == "hit-semantic"
@@ -324,8 +318,8 @@ def test_two_routers_share_hits_through_redis(faults: ManagedProcess, valkey: Re
     a = start_router(cfg, tmp_path)
     b = start_router(cfg, tmp_path)
     try:
-        _wait_semantic(a)
-        _wait_semantic(b)
+        wait_semantic(a)
+        wait_semantic(b)
         assert _ask(a, "Shared question?", key="k")[0]["x-hybrid-cache"] == "miss"
         _wait_stored(a, 1)
         h, _ = _ask(b, "Shared question?", key="k")
