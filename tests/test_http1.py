@@ -418,6 +418,14 @@ def test_a_large_streamed_body_survives_flow_control() -> None:
 # ------------------------------------------------------------------------------------------ bounds
 
 
+async def get_or_refusal(url: str) -> object:
+    """A GET's (status, body), or the ProtocolError the client refused the answer with."""
+    try:
+        return await http1.Pool(url).get("/")
+    except http1.ProtocolError as exc:
+        return exc
+
+
 @pytest.mark.parametrize("head", [
     b"X-Junk: " + b"j" * (http1.MAX_HEAD_BYTES + 10) + b"\r\n",  # one enormous line
     b"".join(b"X-J%d: j\r\n" % i for i in range(http1.MAX_HEADERS + 1)),  # too many lines
@@ -429,13 +437,7 @@ def test_an_answer_head_over_the_bounds_is_refused(head: bytes) -> None:
         writer.write(b"HTTP/1.1 200 OK\r\n" + head + b"content-length: 2\r\n\r\nok")
         await writer.drain()
 
-    async def client(url: str) -> object:
-        try:
-            return await http1.Pool(url).get("/")
-        except http1.ProtocolError as exc:
-            return exc
-
-    result, _ = run(serve(script, client))  # type: ignore[misc]
+    result, _ = run(serve(script, get_or_refusal))  # type: ignore[misc]
     assert isinstance(result, http1.ProtocolError), result
 
 
@@ -490,11 +492,5 @@ def test_a_gzip_bomb_stops_at_the_decoded_cap() -> None:
         writer.write(ok(c, b"content-encoding: gzip\r\n"))
         await writer.drain()
 
-    async def client(url: str) -> object:
-        try:
-            return await http1.Pool(url).get("/")
-        except http1.ProtocolError as exc:
-            return exc
-
-    result, _ = run(serve(script, client))  # type: ignore[misc]
+    result, _ = run(serve(script, get_or_refusal))  # type: ignore[misc]
     assert isinstance(result, http1.ProtocolError) and "inflates" in str(result)
