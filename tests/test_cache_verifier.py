@@ -1,0 +1,112 @@
+"""The semantic-hit verifier (hybrid/cache/verifier.py). Its figures on pairs it never saw come from
+scripts/bench_cache.py on the sealed set; these tests use the tuning pairs only (tests/data/cache_pairs.txt)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hybrid.cache.verifier import TARGETS, WEIGHTS, PairVerifier, as_cached, load_pairs
+
+pytest.importorskip("torch")
+
+TUNING = Path(__file__).parent / "data" / "cache_pairs.txt"
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["float32", "int8"])
+def verifier(request: pytest.FixtureRequest) -> PairVerifier:
+    v = PairVerifier(threads=2, int8=request.param)
+    v.load()
+    return v
+
+
+def test_the_shipped_verifier_separates_the_tuning_pairs(verifier: PairVerifier) -> None:
+    """The weights in the package, read by this code, still do what training made them do on its own pairs (a
+    mismatch between the file and the model code, a wrong pair order or a lost update shows here)."""
+    pairs = load_pairs(TUNING)
+    p = verifier.score_sync([(as_cached(a), as_cached(b)) for _, a, b in pairs])
+    para = np.array([k == "paraphrase" for k, _, _ in pairs])
+    assert (p[para] >= 0.5).mean() >= 0.9
+    assert (p[~para] >= 0.5).mean() <= 0.03
+
+
+def test_the_order_of_the_two_questions_hardly_matters(verifier: PairVerifier) -> None:
+    pairs = load_pairs(TUNING)
+    ab = verifier.score_sync([(as_cached(a), as_cached(b)) for _, a, b in pairs])
+    ba = verifier.score_sync([(as_cached(b), as_cached(a)) for _, a, b in pairs])
+    assert ((ab >= 0.5) == (ba >= 0.5)).mean() >= 0.95
+
+
+def test_a_long_conversation_is_cut_to_the_bound_keeping_its_last_turn(verifier: PairVerifier) -> None:
+    """Both texts together are cut to MAX_TOKENS, from the left: the question at the end still decides."""
+    history = "user: tell me about the office\nassistant: " + "It is a nice office with many desks. " * 200
+    same = verifier.score_sync([(history + "\nuser: How do I reset my password?",
+                                 history + "\nuser: How can I reset my password?")])[0]
+    other = verifier.score_sync([(history + "\nuser: How do I enable two-factor login?",
+                                  history + "\nuser: How do I disable two-factor login?")])[0]
+    assert same > other
+
+
+def test_merged_weights_compute_what_training_computed(tmp_path: Path) -> None:
+    """Training adds B(Ax) beside each frozen layer; loading merges B A into the weights. Both give one answer."""
+    import torch
+
+    from hybrid.cache.verifier import encode_pairs, load_base, pooled_logit
+    from hybrid.cache.verifier_training import _LowRank, save
+
+    gen = torch.Generator().manual_seed(1)
+    tokenizer, encoder = load_base(2)
+    low = {f"{i}.{t}": _LowRank(torch, layer.get_submodule(t), 4, 2.0, gen)
+           for i, layer in enumerate(encoder.encoder.layer) for t in TARGETS}
+    for lr in low.values():
+        with torch.no_grad():
+            lr.B.normal_(0, 0.02, generator=gen)
+            lr.A.copy_(lr.A.half().float())  # the file keeps float16: compare like with like
+            lr.B.copy_(lr.B.half().float())
+    head_w, head_b = torch.randn(encoder.config.hidden_size, generator=gen), torch.tensor(0.3)
+    pairs = [("user: How do I reset my password?", "user: How can I reset my password?")]
+    with torch.inference_mode():
+        trained = torch.sigmoid(pooled_logit(encoder.eval(), head_w, head_b, encode_pairs(tokenizer, pairs)))
+    state = {"scale": np.float32(2.0), "rank": np.int32(4), "layers": np.int32(2),
+             "head_w": head_w.numpy(), "head_b": head_b.numpy()}
+    for name, lr in low.items():
+        state[f"{name}.A"] = lr.A.detach().numpy().astype(np.float16)
+        state[f"{name}.B"] = lr.B.detach().numpy().astype(np.float16)
+    save(state, tmp_path / "v.npz")
+    v = PairVerifier(tmp_path / "v.npz")
+    v.load()
+    assert v.score_sync(pairs)[0] == pytest.approx(float(trained[0]), abs=1e-4)
+    assert abs(float(trained[0]) - 0.5) > 1e-3  # the update is not a no-op
+
+
+def test_a_verifier_that_cannot_load_turns_semantic_hits_off_not_the_cache(tmp_path: Path) -> None:
+    from hybrid.cache.cache import ResponseCache
+    from hybrid.cache.embeddings import Embedder
+    from hybrid.cache.sqlite_store import SqliteCacheStore
+    from hybrid.config import CacheConfig
+
+    class Ready(Embedder):
+        name, dim = "stub", 4
+
+        async def embed(self, texts: list[str], priority: int = 0) -> np.ndarray:
+            return np.ones((len(texts), 4), dtype=np.float32) / 2
+
+    async def run() -> dict[str, object]:
+        cache = ResponseCache(CacheConfig(semantic=True), SqliteCacheStore(tmp_path / "c.sqlite3", 10, dim=4),
+                              Ready(), PairVerifier(tmp_path / "missing.npz"))
+        await cache.start()
+        assert cache._loading is not None
+        await cache._loading
+        state = cache.state()
+        await cache.close()
+        return state
+
+    state = asyncio.run(run())
+    assert state["semantic"] is False and state["verifier"] == "unavailable" and state["backend"] == "sqlite"
+
+
+def test_the_weights_ship_with_the_package() -> None:
+    assert WEIGHTS.exists() and WEIGHTS.stat().st_size < 4 * 1024 * 1024
