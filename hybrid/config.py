@@ -123,11 +123,18 @@ class CacheConfig:
     redis_prefix: str = "hybrid:cache:"
     ttl_s: float = 86400.0
     max_entries: int = 100_000  # sqlite: least recently used entries beyond this are evicted
-    # opt-in: on pairs it was never tuned on, the semantic layer served the answer of a different question for 34% of
-    # near-misses (target <= 1%) and hit only 53% of paraphrases (scripts/bench_cache.py, README); exact caching
-    # stays on. Turn it on only where a wrong answer is cheap.
+    # opt-in: on pairs written after its verifier was trained (tests/data/cache_pairs_sealed_v2.txt), the semantic
+    # layer served another question's answer for 1.3% of near-misses (target <= 1%) and hit 74.6% of paraphrases
+    # (target >= 80%) (scripts/bench_cache.py, README); exact caching stays on.
     semantic: bool = False
-    similarity_threshold: float = 0.90
+    # candidates: entries at least this similar (cosine of MiniLM embeddings). 0.75 with the verifier, chosen on its
+    # training pairs' out-of-fold figures (scripts/train_verifier.py --cv 5); with verifier = "off", 0.90 or more
+    similarity_threshold: float = 0.75
+    # a candidate is served only when the verifier confirms it: "cross-encoder" (the bundled MiniLM pair model,
+    # hybrid/cache/verifier.py), "cross-encoder-int8" (the same, quantized at load: a third of the time, a little
+    # less recall) or "off" (similarity and the word-list guard in hybrid/cache/guard.py alone)
+    verifier: str = "cross-encoder-int8"  # int8 by default: the lookup's 15 ms p99 target is out of reach in float32
+    verifier_threshold: float = 0.5  # the verifier's probability that one answer serves both questions
     # the wrong-hit rate allowed: a sampled share of semantic hits is answered live too and compared, and each
     # partition's threshold rises until the wrong share of the hits it serves is within this (0: no audits)
     semantic_error_budget: float = 0.01
@@ -326,6 +333,11 @@ def parse_config(raw: dict[str, Any]) -> Config:
         raise ConfigError(f"cache.backend: must be one of sqlite, redis, off (got {cache.backend!r})")
     if not 0.0 < cache.similarity_threshold <= 1.0:
         raise ConfigError("cache.similarity_threshold: must be in (0, 1]")
+    if cache.verifier not in ("cross-encoder", "cross-encoder-int8", "off"):
+        raise ConfigError(f"cache.verifier: must be 'cross-encoder', 'cross-encoder-int8' or 'off' "
+                          f"(got {cache.verifier!r})")
+    if not 0.0 <= cache.verifier_threshold < 1.0:
+        raise ConfigError("cache.verifier_threshold: must be in [0, 1)")
     if not 0.0 <= cache.semantic_error_budget < 1.0:
         raise ConfigError("cache.semantic_error_budget: must be in [0, 1)")
     if not 0.0 <= cache.semantic_audit_rate <= 1.0:

@@ -88,7 +88,8 @@ OVERHEAD = Histogram(
 
 CACHE_LOOKUPS = Counter("hybrid_cache_lookups", "Cache lookups by result", ["result"], registry=REGISTRY)
 CACHE_GUARD_REJECTIONS = Counter(
-    "hybrid_cache_guard_rejections", "Similar entries the guard refused", ["reason"], registry=REGISTRY
+    "hybrid_cache_guard_rejections", "Similar entries refused (reason: verifier, or the guard's rule when it is off)",
+    ["reason"], registry=REGISTRY,
 )
 CACHE_AUDITS = Counter(
     "hybrid_cache_semantic_audits", "Semantic hits also answered live, by verdict (agree, wrong, failed, skipped)",

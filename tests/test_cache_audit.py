@@ -121,6 +121,7 @@ fallbacks = []
 [cache]
 semantic = true
 similarity_threshold = 0.60   # low on purpose: near-misses get through, and the budget has to catch them
+verifier = "off"              # the budget is the backstop for whatever gets through: tested on its own
 semantic_error_budget = 0.01
 semantic_audit_rate = 1.0
 """
@@ -217,6 +218,7 @@ backend = "redis"
 redis_url = "{valkey.url}"
 semantic = true
 similarity_threshold = 0.60
+verifier = "off"
 semantic_audit_rate = 1.0
 """
     a = start_router(config, tmp_path)

@@ -129,17 +129,19 @@ def test_streaming_replay_through_the_strict_sdk(cached: ManagedProcess) -> None
     assert h["x-hybrid-cache"] == "hit-exact"
 
 
-def test_semantic_hit_and_guarded_near_miss(cached: ManagedProcess) -> None:
+def test_semantic_hit_confirmed_and_near_miss_refused_by_the_verifier(cached: ManagedProcess) -> None:
+    assert cached.get("/ready").json()["cache"]["verifier"] == "minilm-cross-encoder-int8"
     _ask(cached, "How do I reset my password?")
     h, _ = _ask(cached, "How can I reset my password?")
     assert h["x-hybrid-cache"] == "hit-semantic"
-    assert 0.9 <= float(h["x-hybrid-cache-similarity"]) < 1.0
-    # cosine about 0.99, but another year: the guard refuses it
+    assert 0.75 <= float(h["x-hybrid-cache-similarity"]) < 1.0
+    assert float(h["x-hybrid-cache-verifier"]) >= 0.5
+    # cosine about 0.99, but another year: similar enough to be a candidate, and the verifier refuses it
     _ask(cached, "Please summarize the quarterly sales report for 2023 for the board meeting")
     h, _ = _ask(cached, "Please summarize the quarterly sales report for 2024 for the board meeting")
-    assert h["x-hybrid-cache"] == "miss"
+    assert h["x-hybrid-cache"] == "miss" and "x-hybrid-cache-verifier" not in h
     metrics = cached.get("/metrics").text
-    assert 'hybrid_cache_guard_rejections_total{reason="numbers"} 1' in metrics
+    assert 'hybrid_cache_guard_rejections_total{reason="verifier"} 1' in metrics
 
 
 def test_tenants_are_isolated_and_teams_share(cached: ManagedProcess) -> None:
