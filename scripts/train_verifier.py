@@ -37,7 +37,7 @@ def cv_table(pairs: list[tuple[str, str, str]], scores: np.ndarray, sims: np.nda
     para = np.array([k == "paraphrase" for k, _, _ in pairs])
     out = ["| similarity threshold | verifier threshold | paraphrases hit | near-misses hit |",
            "| ---: | ---: | ---: | ---: |"]
-    for t in (0.70, 0.75, 0.80, 0.85, 0.90):
+    for t in (0.65, 0.70, 0.75, 0.80, 0.85, 0.90):
         for v in (0.5, 0.9, 0.98):
             hit = (sims >= t) & (scores >= v)
             out.append(f"| {t:.2f} | {v:.2f} | {hit[para].sum()}/{para.sum()} = {hit[para].mean():.1%} | "

@@ -4,6 +4,7 @@ reaches it, real SQLite, and real Redis-protocol servers (Valkey with RediSearch
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ import numpy as np
 import openai
 import pytest
 
+from hybrid.config import CacheConfig
 from tests.conftest import sdk
 from tests.procs import (
     ManagedProcess,
@@ -134,14 +136,16 @@ def test_semantic_hit_confirmed_and_near_miss_refused_by_the_verifier(cached: Ma
     _ask(cached, "How do I reset my password?")
     h, _ = _ask(cached, "How can I reset my password?")
     assert h["x-hybrid-cache"] == "hit-semantic"
-    assert 0.75 <= float(h["x-hybrid-cache-similarity"]) < 1.0
-    assert float(h["x-hybrid-cache-verifier"]) >= 0.5
+    cfg = CacheConfig()
+    assert cfg.similarity_threshold <= float(h["x-hybrid-cache-similarity"]) < 1.0
+    assert float(h["x-hybrid-cache-verifier"]) >= cfg.verifier_threshold
     # cosine about 0.99, but another year: similar enough to be a candidate, and the verifier refuses it
     _ask(cached, "Please summarize the quarterly sales report for 2023 for the board meeting")
     h, _ = _ask(cached, "Please summarize the quarterly sales report for 2024 for the board meeting")
     assert h["x-hybrid-cache"] == "miss" and "x-hybrid-cache-verifier" not in h
     metrics = cached.get("/metrics").text
-    assert 'hybrid_cache_guard_rejections_total{reason="verifier"} 1' in metrics
+    refused = re.search(r'hybrid_cache_guard_rejections_total\{reason="verifier"\} (\S+)', metrics)
+    assert refused is not None and float(refused.group(1)) >= 1  # the 2023 entry (and any other candidate)
 
 
 def test_tenants_are_isolated_and_teams_share(cached: ManagedProcess) -> None:
