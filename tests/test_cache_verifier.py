@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hybrid.cache.verifier import TARGETS, WEIGHTS, PairVerifier, as_cached, load_pairs
+from hybrid.cache.verifier import WEIGHTS, PairVerifier, as_cached, load_pairs
 from hybrid.config import CacheConfig
 
 pytest.importorskip("torch")
@@ -57,12 +57,11 @@ def test_merged_weights_compute_what_training_computed(tmp_path: Path) -> None:
     import torch
 
     from hybrid.cache.verifier import encode_pairs, load_base, pooled_logit
-    from hybrid.cache.verifier_training import _LowRank, save
+    from hybrid.cache.verifier_training import attach, pack, save
 
     gen = torch.Generator().manual_seed(1)
     tokenizer, encoder = load_base(2)
-    low = {f"{i}.{t}": _LowRank(torch, layer.get_submodule(t), 4, 2.0, gen)
-           for i, layer in enumerate(encoder.encoder.layer) for t in TARGETS}
+    low = attach(torch, encoder, 4, 2.0, gen)
     for lr in low.values():
         with torch.no_grad():
             lr.B.normal_(0, 0.02, generator=gen)
@@ -72,12 +71,7 @@ def test_merged_weights_compute_what_training_computed(tmp_path: Path) -> None:
     pairs = [("user: How do I reset my password?", "user: How can I reset my password?")]
     with torch.inference_mode():
         trained = torch.sigmoid(pooled_logit(encoder.eval(), head_w, head_b, encode_pairs(tokenizer, pairs)))
-    state = {"scale": np.float32(2.0), "rank": np.int32(4), "layers": np.int32(2),
-             "head_w": head_w.numpy(), "head_b": head_b.numpy()}
-    for name, lr in low.items():
-        state[f"{name}.A"] = lr.A.detach().numpy().astype(np.float16)
-        state[f"{name}.B"] = lr.B.detach().numpy().astype(np.float16)
-    save(state, tmp_path / "v.npz")
+    save(pack(low, head_w, head_b, 2.0, 4, 2), tmp_path / "v.npz")
     v = PairVerifier(tmp_path / "v.npz")
     v.load()
     assert v.score_sync(pairs)[0] == pytest.approx(float(trained[0]), abs=1e-4)

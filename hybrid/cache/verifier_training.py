@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from hybrid.cache.verifier import TARGETS, as_cached, encode_pairs, load_base, pooled_logit
+from hybrid.cache.verifier import TARGETS, PairVerifier, as_cached, encode_pairs, load_base, pooled_logit
 
 
 @dataclass(frozen=True)
@@ -25,46 +25,14 @@ class TrainSettings:
     lr: float = 4e-4  # 1e-3 collapsed one fold of five to a constant
     batch: int = 16
     seed: int = 0
-    augment: bool = False  # each pair once more, wrapped as people type (wrap)
 
 
-# what people wrap a question in without changing it: a pair keeps its label whatever each side is wrapped in,
-# so the verifier learns to look past these to the words that decide the answer
-_OPENERS = ("", "", "", "hi, ", "Hello! ", "Quick question: ", "Hey, ", "Please tell me: ", "I'd like to know: ",
-            "Can you help? ", "Question: ", "Good morning. ")
-_CLOSERS = ("", "", "", " Thanks!", " thanks", " Thank you.", " :)")
-_CONTRACTIONS = (("what is", "what's"), ("do not", "don't"), ("I am", "I'm"), ("it is", "it's"), ("can not", "can't"),
-                 ("does not", "doesn't"), ("is not", "isn't"), ("I would", "I'd"), ("how is", "how's"))
-
-
-def wrap(text: str, rng: random.Random) -> str:
-    """The same question as a person might type it another day."""
-    out = text
-    for long, short in _CONTRACTIONS:
-        if rng.random() < 0.5:
-            out = out.replace(long, short).replace(long.capitalize(), short.capitalize())
-    if rng.random() < 0.2:
-        out = out.rstrip("?.!")
-    if rng.random() < 0.2:
-        out = out.lower()
-    opener = rng.choice(_OPENERS)
-    if opener and out[:1].isupper() and not out.startswith("I "):
-        out = out[0].lower() + out[1:] if opener.endswith(", ") else out
-    return f"{opener}{out}{rng.choice(_CLOSERS)}"
-
-
-def examples(pairs: list[tuple[str, str, str]], seed: int = 0, augment: bool = False) -> list[tuple[str, str, float]]:
-    """Both orders of every pair (the cache's question may be either one), and each pair once more with both
-    sides wrapped as people type (:func:`wrap`)."""
-    rng = random.Random(seed)
+def examples(pairs: list[tuple[str, str, str]]) -> list[tuple[str, str, float]]:
+    """Both orders of every pair: the cache's question may be either one."""
     out = []
     for kind, a, b in pairs:
         y = 1.0 if kind == "paraphrase" else 0.0
         out += [(as_cached(a), as_cached(b), y), (as_cached(b), as_cached(a), y)]
-        if not augment:
-            continue
-        wa, wb = wrap(a, rng), wrap(b, rng)
-        out += [(as_cached(wa), as_cached(wb), y), (as_cached(wb), as_cached(wa), y)]
     return out
 
 
@@ -84,6 +52,12 @@ class _LowRank:
         linear.forward = patched
 
 
+def attach(torch: Any, encoder: Any, rank: int, scale: float, gen: Any) -> dict[str, _LowRank]:
+    """A low-rank update beside every targeted linear layer, named as verifier.npz names it."""
+    return {f"{i}.{target}": _LowRank(torch, layer.get_submodule(target), rank, scale, gen)
+            for i, layer in enumerate(encoder.encoder.layer) for target in TARGETS}
+
+
 def train(pairs: list[tuple[str, str, str]], settings: TrainSettings = TrainSettings(),
           progress: Any = None) -> dict[str, Any]:
     """The update and head, as the arrays verifier.npz holds."""
@@ -95,20 +69,16 @@ def train(pairs: list[tuple[str, str, str]], settings: TrainSettings = TrainSett
     for p in encoder.parameters():
         p.requires_grad_(False)
     scale = settings.alpha / settings.rank
-    low: dict[str, _LowRank] = {}
-    for i, layer in enumerate(encoder.encoder.layer):
-        for target in TARGETS:
-            low[f"{i}.{target}"] = _LowRank(torch, layer.get_submodule(target), settings.rank, scale, gen)
+    low = attach(torch, encoder, settings.rank, scale, gen)
     head_w = torch.nn.Parameter(torch.zeros(encoder.config.hidden_size))
     head_b = torch.nn.Parameter(torch.zeros(()))
     params = [p for lr in low.values() for p in (lr.A, lr.B)] + [head_w, head_b]
     opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.01)
-    data = examples(pairs, settings.seed, settings.augment)
+    data = examples(pairs)
     steps = settings.epochs * ((len(data) + settings.batch - 1) // settings.batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=steps, pct_start=0.1)
     rng = random.Random(settings.seed)
     encoder.train()
-    step = 0
     for epoch in range(settings.epochs):
         rng.shuffle(data)
         total = 0.0
@@ -123,12 +93,16 @@ def train(pairs: list[tuple[str, str, str]], settings: TrainSettings = TrainSett
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()
-            step += 1
             total += loss.item() * len(batch)
         if progress is not None:
             progress(f"epoch {epoch + 1}/{settings.epochs}: loss {total / len(data):.4f}")
+    return pack(low, head_w, head_b, scale, settings.rank, settings.layers)
+
+
+def pack(low: dict[str, _LowRank], head_w: Any, head_b: Any, scale: float, rank: int, layers: int) -> dict[str, Any]:
+    """The arrays verifier.npz holds: the update in float16 (``{block}.{target}.A|B``) and the head."""
     out: dict[str, Any] = {
-        "scale": np.float32(scale), "rank": np.int32(settings.rank), "layers": np.int32(settings.layers),
+        "scale": np.float32(scale), "rank": np.int32(rank), "layers": np.int32(layers),
         "head_w": head_w.detach().numpy().astype(np.float32), "head_b": head_b.detach().numpy().astype(np.float32),
     }
     for name, lr_ in low.items():
@@ -146,8 +120,6 @@ def save(state: dict[str, Any], path: Path) -> None:
 def out_of_fold(pairs: list[tuple[str, str, str]], folds: int, settings: TrainSettings, work: Path,
                 progress: Any = None) -> np.ndarray:
     """Each pair scored by a verifier trained without it (k folds, stratified by kind)."""
-    from hybrid.cache.verifier import PairVerifier
-
     order = sorted(range(len(pairs)), key=lambda i: (pairs[i][0], random.Random(i).random()))
     fold_of = {i: n % folds for n, i in enumerate(order)}
     scores = np.zeros(len(pairs))
