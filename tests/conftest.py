@@ -11,6 +11,7 @@ from hybrid.backends.gguf import bundled_model_path
 from tests.procs import (
     ManagedProcess,
     RedisServer,
+    cpu_backend,
     redisearch_module,
     start_fault_upstream,
     start_llama_server,
@@ -21,15 +22,7 @@ from tests.procs import (
 LOCAL_ONLY = """
 [server]
 max_body_bytes = 262144
-
-[[backends]]
-name = "cpu"
-kind = "llamacpp"
-tier = "local"
-model = "gemma-3-270m"
-context = 1024
-threads = 1
-"""
+""" + cpu_backend()
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -100,6 +101,35 @@ def start_router(
             "--log-level", "warning"]
     env = {"HYBRID_DATA_DIR": str(tmp_path / f"data-{port}"), **(env or {})}
     return ManagedProcess(args, f"http://127.0.0.1:{port}", "/ready", env, key=key).start()
+
+
+def toml_fields(extra: dict[str, object]) -> str:
+    return "".join(f"{k} = {json.dumps(v)}\n" for k, v in extra.items())
+
+
+def cpu_backend(context: int = 1024, **extra: object) -> str:
+    """The bundled model as a config's local backend "cpu" (one thread); ``extra``: more keys of the block."""
+    return f"""
+[[backends]]
+name = "cpu"
+kind = "llamacpp"
+tier = "local"
+model = "gemma-3-270m"
+context = {context}
+threads = 1
+{toml_fields(extra)}"""
+
+
+def cloud_backend(cloud: ManagedProcess, name: str = "cloud-llama", tier: str = "cloud", **extra: object) -> str:
+    """The llama.cpp cloud stand-in as an openai-kind backend serving "gemma-cloud"."""
+    return f"""
+[[backends]]
+name = "{name}"
+kind = "openai"
+tier = "{tier}"
+base_url = "{cloud.url}/v1"
+models = ["gemma-cloud"]
+{toml_fields(extra)}"""
 
 
 def start_llama_server(model_path: str, extra: list[str] | None = None) -> ManagedProcess:

@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from tests.conftest import sdk
-from tests.procs import ManagedProcess, RedisServer, start_router
+from tests.procs import ManagedProcess, RedisServer, cpu_backend, start_router
 
 KEY = "budget-key"
 
@@ -27,15 +27,7 @@ kind = "openai"
 tier = "cloud"
 base_url = "{faults.url}/ok/v1"
 models = ["gpt-4o-mini"]
-
-[[backends]]
-name = "cpu"
-kind = "llamacpp"
-tier = "local"
-model = "gemma-3-270m"
-context = 512
-threads = 1
-
+{cpu_backend(context=512)}
 [routing]
 fallbacks = []
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from hybrid.cache.audit import MAX_IN_FLIGHT, SemanticAudit, agree
-from tests.procs import ManagedProcess, RedisServer, start_router, wait_semantic
+from tests.procs import ManagedProcess, RedisServer, cloud_backend, start_router, wait_semantic
 
 # ------------------------------------------------------------------------------------------------ units
 
@@ -107,14 +107,7 @@ models = ["scripted-model"]
 
 @pytest.fixture(scope="module")
 def audited(faults: ManagedProcess, cloud: ManagedProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:
-    config = f"""{_scripted(faults)}
-[[backends]]
-name = "cloud-llama"
-kind = "openai"
-tier = "cloud"
-base_url = "{cloud.url}/v1"
-models = ["gemma-cloud"]
-
+    config = f"""{_scripted(faults)}{cloud_backend(cloud)}
 [routing]
 fallbacks = []
 

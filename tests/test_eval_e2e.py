@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.browser import SCREENSHOTS, chromium_page
-from tests.procs import ManagedProcess, start_router
+from tests.procs import ManagedProcess, cloud_backend, cpu_backend, start_router
 
 REPO = Path(__file__).resolve().parent.parent
 PICK = ["arith-01", "arith-15", "json-order-01", "cls-ticket-02", "fact-01", "code-09", "summ-01", "summ-02"]
@@ -25,23 +25,7 @@ PICK = ["arith-01", "arith-15", "json-order-01", "cls-ticket-02", "fact-01", "co
 def setup(cloud: ManagedProcess, faults: ManagedProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
     tmp = tmp_path_factory.mktemp("eval")
     config = f"""# an eval router
-[[backends]]
-name = "cpu"
-kind = "llamacpp"
-tier = "local"
-model = "gemma-3-270m"
-context = 1024
-threads = 1
-
-[[backends]]
-name = "cloud-llama"
-kind = "openai"
-tier = "cloud"
-base_url = "{cloud.url}/v1"
-models = ["gemma-cloud"]
-price_input_per_mtok = 2.5
-price_output_per_mtok = 10.0
-
+{cpu_backend()}{cloud_backend(cloud, price_input_per_mtok=2.5, price_output_per_mtok=10.0)}
 [[backends]]
 name = "judge"
 kind = "openai"

@@ -19,7 +19,7 @@ import pytest
 
 from models.prices import load_prices
 from tests.conftest import sdk
-from tests.procs import ManagedProcess, start_router
+from tests.procs import ManagedProcess, cpu_backend, start_router
 
 KEY = "ledger-key"
 
@@ -36,16 +36,7 @@ kind = "openai"
 tier = "cloud"
 base_url = "{faults.url}/ok/v1"
 models = ["gpt-4o-mini"]
-
-[[backends]]
-name = "cpu"
-kind = "llamacpp"
-tier = "local"
-model = "gemma-3-270m"
-context = 1024
-threads = 1
-cost_per_hour = 3.6
-
+{cpu_backend(cost_per_hour=3.6)}
 [routing]
 fallbacks = []
 

@@ -15,25 +15,22 @@ import openai
 import pytest
 
 from tests.conftest import sdk
-from tests.procs import ManagedProcess, start_fault_upstream, start_proxy, start_router
+from tests.procs import (
+    ManagedProcess,
+    cloud_backend,
+    cpu_backend,
+    start_fault_upstream,
+    start_proxy,
+    start_router,
+    toml_fields,
+)
 
 
-
-
-def _cloud_backend(cloud: ManagedProcess, name: str = "cloud-llama", tier: str = "cloud") -> str:
-    return f"""
-[[backends]]
-name = "{name}"
-kind = "openai"
-tier = "{tier}"
-base_url = "{cloud.url}/v1"
-models = ["gemma-cloud"]
-"""
 
 
 def _fault_backend(faults: ManagedProcess, mode: str, name: str = "", first_byte_timeout_s: float = 1.0, **extra: object) -> str:
     name = name or mode
-    lines = "".join(f"{k} = {json.dumps(v)}\n" for k, v in extra.items())
+    lines = toml_fields(extra)
     return f"""
 [[backends]]
 name = "f{name}"
@@ -47,15 +44,7 @@ first_byte_timeout_s = {first_byte_timeout_s}
 
 @pytest.fixture(scope="module")
 def routed(cloud: ManagedProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:
-    config = f"""
-[[backends]]
-name = "cpu"
-kind = "llamacpp"
-tier = "local"
-model = "gemma-3-270m"
-context = 512
-threads = 1
-{_cloud_backend(cloud)}
+    config = f"""{cpu_backend(context=512)}{cloud_backend(cloud)}
 [routing]
 overflow_wait_s = 0
 """
@@ -77,7 +66,7 @@ tier = "trefused"
 base_url = "http://127.0.0.1:9/v1"
 models = ["nowhere"]
 connect_timeout_s = 1.0
-{_cloud_backend(cloud)}
+{cloud_backend(cloud)}
 [routing]
 fallbacks = ["cloud"]
 failure_threshold = 2
