@@ -6,7 +6,16 @@ one tenant's entries, or entries with other sampling parameters, from ever being
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
+
+# onnxruntime (the cache's models, hybrid/cache/onnx_encoder.py) must be loaded before usearch: usearch loads its
+# NumKong kernels with RTLD_GLOBAL, and onnxruntime's native module loaded after that crashes the process in its
+# static initialisers (SIGSEGV; usearch 2.26, onnxruntime 1.32). Loaded first, both work.
+with contextlib.suppress(ImportError):
+    import onnxruntime  # noqa: F401
+
 from usearch.index import Index
 
 

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from hybrid.cache.onnx_encoder import OnnxEncoder
+
 log = logging.getLogger("hybrid.cache")
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -77,8 +79,9 @@ def load_base(layers: int = 6) -> tuple[Any, Any]:
     return tokenizer, encoder
 
 
-def encode_pairs(tokenizer: Any, pairs: list[tuple[str, str]]) -> Any:
-    return tokenizer([a for a, _ in pairs], [b for _, b in pairs], return_tensors="pt", padding=True,
+def encode_pairs(tokenizer: Any, pairs: list[tuple[str, str]], tensors: str = "pt") -> Any:
+    """``tensors``: "pt" for torch (training), "np" for onnxruntime."""
+    return tokenizer([a for a, _ in pairs], [b for _, b in pairs], return_tensors=tensors, padding=True,
                      truncation="longest_first", max_length=MAX_TOKENS)
 
 
@@ -97,8 +100,9 @@ class PairVerifier:
     (until then :attr:`ready` is False and semantic candidates are not served)."""
 
     def __init__(self, weights: Path = WEIGHTS, threads: int = 1, int8: bool = False) -> None:
-        """``int8``: the linear layers of :func:`int8_layers` quantized to 8-bit integers at load (torch dynamic
-        quantization): a check takes about 60% of the time, with the float32 model's verdicts (docs/design.md)."""
+        """``int8``: the matrix products quantized to 8-bit integers at load (hybrid.cache.onnx_encoder): a check
+        takes about a third of float32's time, with the float32 model's verdicts but for 2 of 905 training pairs
+        (docs/design.md)."""
         self.weights = weights
         self.threads = threads
         self.int8 = int8
@@ -131,17 +135,9 @@ class PairVerifier:
         saved = np.load(self.weights)
         self.tokenizer, encoder = load_base(int(saved["layers"]))
         merge_update(encoder, saved)
-        self.encoder = encoder.eval()
-        if self.int8:
-            import warnings
-
-            with warnings.catch_warnings():  # torch 2.13 points eager quantization to torchao; it still works
-                warnings.simplefilter("ignore")
-                self.encoder = torch.ao.quantization.quantize_dynamic(self.encoder, int8_layers(self.encoder),
-                                                                      dtype=torch.qint8)
-        self.head_w = torch.from_numpy(saved["head_w"].astype(np.float32))
-        self.head_b = torch.from_numpy(saved["head_b"].astype(np.float32))
-        self._torch = torch
+        self.encoder = OnnxEncoder(encoder, self.threads, int8=self.int8)
+        self.head_w = saved["head_w"].astype(np.float64)
+        self.head_b = float(saved["head_b"])
         self.score_sync([("user: warm up", "user: warm up")])
         self.ready = True
         log.info("cache: semantic-hit verifier loaded (%s)", self.weights.name)
@@ -151,11 +147,8 @@ class PairVerifier:
 
     def score_sync(self, pairs: list[tuple[str, str]]) -> np.ndarray:
         """Probabilities, one per (new, cached) pair."""
-        torch = self._torch
-        with torch.inference_mode():
-            enc = encode_pairs(self.tokenizer, pairs)
-            logits = pooled_logit(self.encoder, self.head_w, self.head_b, enc)
-            return torch.sigmoid(logits).reshape(-1).numpy().astype(np.float64)
+        logits = self.encoder(encode_pairs(self.tokenizer, pairs, "np")) @ self.head_w + self.head_b
+        return np.asarray(1.0 / (1.0 + np.exp(-logits)), dtype=np.float64).reshape(-1)
 
     async def scores(self, new: str, cached: list[str]) -> list[float]:
         """One probability per cached text, in one forward pass (with int8, a pair's score can move a little with
@@ -165,17 +158,6 @@ class PairVerifier:
 
     async def close(self) -> None:
         self._jobs.put(None)
-
-
-def int8_layers(encoder: Any) -> set[str]:
-    """The linear layers quantized in int8: all but each block's feed-forward down-projection, whose input (GELU's
-    output) has outliers a per-tensor int8 scale cannot hold. Quantizing it too was 2x faster again but flipped 1.7%
-    of the float32 model's decisions on its training pairs (one clear paraphrase went from 0.97 to 0.005); without
-    it, none of 905 flipped (docs/design.md)."""
-    import torch
-
-    return {name for name, module in encoder.named_modules() if isinstance(module, torch.nn.Linear)
-            and not (name.endswith("output.dense") and "attention" not in name)}
 
 
 def merge_update(encoder: Any, saved: Any) -> None:
