@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from hybrid.cache.verifier import TRAINING_PAIRS, WEIGHTS, as_cached, load_pairs  # noqa: E402
-from hybrid.cache.verifier_training import TrainSettings, out_of_fold, save, train  # noqa: E402
+from hybrid.cache.verifier_training import OutOfFold, TrainSettings, out_of_fold, save, train  # noqa: E402
 
 TUNING = ROOT / "tests" / "data" / "cache_pairs.txt"
 
@@ -33,15 +33,17 @@ def training_pairs() -> list[tuple[str, str, str]]:
     return load_pairs(TUNING) + load_pairs(TRAINING_PAIRS)
 
 
-def cv_table(pairs: list[tuple[str, str, str]], scores: np.ndarray, sims: np.ndarray) -> list[str]:
+def cv_table(pairs: list[tuple[str, str, str]], oof: OutOfFold, sims: np.ndarray) -> list[str]:
     para = np.array([k == "paraphrase" for k, _, _ in pairs])
-    out = ["| similarity threshold | verifier threshold | paraphrases hit | near-misses hit |",
-           "| ---: | ---: | ---: | ---: |"]
+    out = [("| similarity threshold | verifier threshold | paraphrases hit | near-misses hit | sibling questions hit | "
+            "retyped confirmed |"), "| ---: | ---: | ---: | ---: | ---: | ---: |"]
     for t in (0.65, 0.70, 0.75, 0.80, 0.85, 0.90):
         for v in (0.5, 0.9, 0.98):
-            hit = (sims >= t) & (scores >= v)
+            hit = (sims >= t) & (oof.scores >= v)
+            sib = (oof.sibling_sims >= t) & (oof.sibling_scores >= v)
             out.append(f"| {t:.2f} | {v:.2f} | {hit[para].sum()}/{para.sum()} = {hit[para].mean():.1%} | "
-                       f"{hit[~para].sum()}/{(~para).sum()} = {hit[~para].mean():.1%} |")
+                       f"{hit[~para].sum()}/{(~para).sum()} = {hit[~para].mean():.1%} | "
+                       f"{sib.sum()}/{sib.size} = {sib.mean():.1%} | {(oof.again >= v).mean():.1%} |")
     return out
 
 
@@ -50,12 +52,15 @@ def main() -> None:
     ap.add_argument("--cv", type=int, default=0, help="k-fold out-of-fold figures before the final training")
     ap.add_argument("--epochs", type=int, default=TrainSettings.epochs)
     ap.add_argument("--layers", type=int, default=TrainSettings.layers)
+    ap.add_argument("--siblings", type=int, default=TrainSettings.siblings,
+                    help="sibling questions per question as near-misses (0: none)")
+    ap.add_argument("--cv-only", action="store_true", help="the out-of-fold figures, no final training")
     ap.add_argument("--out", type=Path, default=WEIGHTS)
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(2)
-    settings = TrainSettings(epochs=args.epochs, layers=args.layers)
+    settings = TrainSettings(epochs=args.epochs, layers=args.layers, siblings=args.siblings)
     pairs = training_pairs()
     t0 = time.perf_counter()
 
@@ -67,13 +72,15 @@ def main() -> None:
         from hybrid.cache.embeddings import LocalMiniLM
 
         with tempfile.TemporaryDirectory(prefix="verifier-cv-") as work:
-            scores = out_of_fold(pairs, args.cv, settings, Path(work), progress)
+            oof = out_of_fold(pairs, args.cv, settings, Path(work), progress)
         embedder = LocalMiniLM()
         embedder.load()
         vecs = embedder.embed_sync([as_cached(t) for _, a, b in pairs for t in (a, b)])
         sims = np.einsum("ij,ij->i", vecs[0::2], vecs[1::2])
         print(f"\n{args.cv}-fold out-of-fold, training pairs (each scored by a verifier that did not see it):\n")
-        print("\n".join(cv_table(pairs, scores, sims)))
+        print("\n".join(cv_table(pairs, oof, sims)))
+        if args.cv_only:
+            return
     save(train(pairs, settings, progress), args.out)
     print(f"\nwrote {args.out} ({args.out.stat().st_size / 1024:.0f} KiB)")
 

@@ -119,3 +119,41 @@ def test_int8_keeps_the_float32_verdicts_on_the_tuning_pairs() -> None:
     b = np.array([int8.score_sync([p])[0] for p in pairs])
     assert ((a >= CONFIRM) == (b >= CONFIRM)).mean() >= 0.99
     assert np.abs(a - b).mean() < 0.02  # (a pair on the slope can still move: 0.965 -> 0.146, both refused)
+
+
+def test_the_same_question_is_confirmed_without_the_model() -> None:
+    """Case, white space and the closing marks do not make another question; a sign inside does."""
+    from hybrid.cache.verifier import plain
+
+    assert plain("user: How do I reset my  password?") == plain("user: how do i reset my password")
+    assert plain("user: What is 5-3?") != plain("user: What is 5+3?")
+    v = PairVerifier(WEIGHTS)  # not loaded: the same text never reaches the model
+    assert v.score_sync([("user: Which invoices are unpaid?", "user: which invoices are unpaid")]).tolist() == [1.0]
+
+
+def test_sibling_questions_are_other_questions_on_the_topic() -> None:
+    """Training's free near-misses: texts of different questions that embed close; never two sides of a paraphrase,
+    nor one question written twice, and at most ``per_text`` for each text."""
+    from hybrid.cache.verifier_training import groups, siblings
+
+    pairs = [("paraphrase", "How long is a soccer match?", "What's the duration of a football game?"),
+             ("paraphrase", "How long is half-time in rugby?", "How long is the rugby half-time break?"),
+             ("time", "How long is a soccer match?", "How long was the soccer match yesterday?"),
+             ("paraphrase", "how long is a soccer match", "Soccer match length?")]
+    g = groups(pairs)
+    assert g["How long is a soccer match?"] == g["Soccer match length?"] == g["What's the duration of a football game?"]
+    assert g["How long is half-time in rugby?"] != g["How long is a soccer match?"]
+    assert g["How long was the soccer match yesterday?"] != g["How long is a soccer match?"]
+
+    vocab = sorted({w for _, a, b in pairs for t in (a, b) for w in t.lower().split()})
+
+    def embed(texts: list[str]) -> np.ndarray:  # bag of words: enough to make every text close to the others
+        v = np.array([[t.lower().split().count(w) + 0.5 for w in vocab] for t in texts], dtype=np.float32)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    found = siblings(pairs, embed, cosine=0.0)
+    assert found and all(g[a] != g[b] for a, b, _ in found)
+    assert [s for _, _, s in found] == sorted((s for _, _, s in found), reverse=True)
+    capped = siblings(pairs, embed, cosine=0.0, per_text=1)
+    texts = [t for a, b, _ in capped for t in (a, b)]
+    assert len(texts) == len(set(texts)) and len(capped) < len(found)

@@ -51,7 +51,7 @@ def test_the_verifier_scores_what_its_torch_model_scores() -> None:
     saved = np.load(WEIGHTS)
     tokenizer, encoder = load_base(int(saved["layers"]))
     merge_update(encoder, saved)
-    pairs = [("user: How do I enable two-factor login?", "user: How do I disable two-factor login?"), (TEXTS[1], "user: How frequently do tomatoes need watering?"), (TEXTS[2], TEXTS[3])]
+    pairs = [("user: How do I enable two-factor login?", "user: How do I disable two-factor login?"), ("user: How do I reset my password?", "user: How can I reset my password?"), (TEXTS[2], TEXTS[3])]
     with torch.inference_mode():
         logits = pooled_logit(encoder.eval(), torch.from_numpy(saved["head_w"].astype(np.float32)),
                               torch.from_numpy(saved["head_b"].astype(np.float32)), encode_pairs(tokenizer, pairs))
