@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Train the semantic-hit verifier and write hybrid/cache/data/verifier.npz.
 
-Training pairs: hybrid/cache/data/verifier_pairs.txt and the tuning set tests/data/cache_pairs.txt. The sealed
-pairs (tests/data/cache_pairs_sealed.txt) are never read here: scripts/bench_cache.py measures them.
+Training pairs: hybrid/cache/data/verifier_pairs.txt and the tuning set tests/data/cache_pairs.txt, plus up to two
+sibling questions per question (other questions on its topic, as near-misses). The sealed sets
+(tests/data/cache_pairs_sealed*.txt) are never read here: scripts/bench_cache.py measures them.
 
-    python scripts/train_verifier.py            # train on every training pair, write the weights
-    python scripts/train_verifier.py --cv 5     # also: 5-fold out-of-fold figures (the tuning figure)
+    python scripts/train_verifier.py                      # train on every training pair, write the weights
+    python scripts/train_verifier.py --cv 3 --cv-only     # 3-fold out-of-fold figures (the tuning figure)
 
-About two and a half minutes per training on two cores (torch CPU); --cv trains k more times.
+About seven and a half minutes per training on two cores (torch CPU); --cv trains k more times on (k-1)/k of it.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Both of the cache's models (the MiniLM embedder and the pair verifier) are loaded with torch and transformers,
 exported here once at load (about a second each) and then run by onnxruntime, which on one core computes the same
-float32 numbers in under half of torch's time for a one-question input (docs/design.md: 3.7 ms instead of 8.0 for
-the embedding, 4.9 instead of 10.3 for a verification). ``int8``: the exported graph's matrix products are
+float32 numbers in about half of torch's time for a one-question input (scripts/bench_cache.py measures both;
+README). ``int8``: the exported graph's matrix products are
 quantized to 8-bit integers (onnxruntime's dynamic quantization, per output channel, with 7-bit weights so that
 CPUs without VNNI cannot saturate): about a third of float32's time again.
 """
