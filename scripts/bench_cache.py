@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from hybrid.cache.guard import disagreement  # noqa: E402
-from hybrid.cache.verifier import load_pairs  # noqa: E402
+from hybrid.cache.verifier import as_cached, load_pairs  # noqa: E402
 from hybrid.cache.verifier_training import retype, siblings  # noqa: E402
 from hybrid.config import CacheConfig  # noqa: E402
 
@@ -49,53 +49,58 @@ SEALED_V4 = ROOT / "tests" / "data" / "cache_pairs_sealed_v4.txt"  # written bef
 SIBLING_FLOOR = 0.65  # sibling questions are counted from this cosine up: the lowest threshold tabulated
 
 
+def measure(embedder, verifier, pairs: list[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
+    """For (new, cached) texts as the cache keeps them: their cosine, whether the guard lets them through, and the
+    verifier's probability, one pair at a time as a lookup asks (int8 quantizes activations per batch, so a batch's
+    other rows and their padding would move the scores a little)."""
+    vecs = embedder.embed_sync([t for pair in pairs for t in pair])
+    sims = np.einsum("ij,ij->i", vecs[0::2], vecs[1::2])
+    guard = np.array([disagreement(a, b) is None for a, b in pairs], dtype=bool)
+    verified = np.array([verifier.score_sync([pair])[0] for pair in pairs])
+    return sims, guard, verified
+
+
+def served(sims: np.ndarray, guard: np.ndarray, verified: np.ndarray, threshold: float,
+           verify: float | None) -> np.ndarray:
+    """Which pairs the cache serves: cosine at the threshold, then the verifier confirms it (``verify``: its
+    threshold) or, without the verifier, the guard lets it through (as hybrid/cache/cache.py decides)."""
+    ok = sims >= threshold
+    return ok & (verified >= verify) if verify is not None else ok & guard
+
+
+def share(hit: np.ndarray) -> str:
+    return f"{hit.sum()}/{hit.size} = {hit.mean() if hit.size else 0:.1%}"
+
+
 class Scored:
-    """Every pair of a file, measured once: the cosine of the two texts as the cache embeds them, the guard's
-    verdict, and the verifier's probability that one answer serves both."""
+    """Every pair of a file, measured once (:func:`measure`); and two groups of pairs made from its questions."""
 
     def __init__(self, embedder, verifier, path: Path) -> None:  # type: ignore[no-untyped-def]
         self.pairs = load_pairs(path)
-        texts = [f"user: {t}" for _, a, b in self.pairs for t in (a, b)]
-        vecs = embedder.embed_sync(texts)
-        self.sims = np.einsum("ij,ij->i", vecs[0::2], vecs[1::2])
-        self.guard = np.array([disagreement(texts[2 * i], texts[2 * i + 1]) is None for i in range(len(self.pairs))])
-        # one pair at a time, as a lookup asks: int8 quantizes activations per batch, so a batch's other rows
-        # (and their padding) would move the scores a little
-        self.verified = np.array([verifier.score_sync([pair])[0] for pair in zip(texts[0::2], texts[1::2])])
         self.para = np.array([k == "paraphrase" for k, _, _ in self.pairs])
+        self.sims, self.guard, self.verified = measure(
+            embedder, verifier, [(as_cached(a), as_cached(b)) for _, a, b in self.pairs])
         # each pair's first question asked again as typed another day (case, closing mark, greeting or thanks:
         # hybrid.cache.verifier_training.retype, which training does not use): one answer serves both, so all should
         # hit
         rng = random.Random(7)
-        again = [(f"user: {a}", f"user: {retype(a, rng)}") for _, a, _ in self.pairs]
-        avecs = embedder.embed_sync([t for pair in again for t in pair])
-        self.again_sims = np.einsum("ij,ij->i", avecs[0::2], avecs[1::2])
-        self.again = np.array([verifier.score_sync([pair])[0] for pair in again])
+        self.again = measure(embedder, verifier, [(as_cached(a), as_cached(retype(a, rng))) for _, a, _ in self.pairs])
         # different questions of the set (from different lines, not paraphrases of each other) at a cosine of 0.65 or
         # more: what a lookup meets most, none of which should hit (rates below are shares of all of them)
         sib = siblings(self.pairs, embedder.embed_sync, SIBLING_FLOOR)
-        self.sib_sims = np.array([sim for _, _, sim in sib])
-        self.sib_guard = np.array([disagreement(f"user: {a}", f"user: {b}") is None for a, b, _ in sib], dtype=bool)
-        self.sib = np.array([verifier.score_sync([(f"user: {a}", f"user: {b}")])[0] for a, b, _ in sib])
+        self.sib = measure(embedder, verifier, [(as_cached(a), as_cached(b)) for a, b, _ in sib])
 
     def hits(self, threshold: float, verify: float | None) -> np.ndarray:
-        """Which pairs the cache serves: cosine at the threshold, then the verifier confirms it (``verify``: its
-        threshold) or, without the verifier, the guard lets it through (as hybrid/cache/cache.py decides)."""
-        ok = self.sims >= threshold
-        return ok & (self.verified >= verify) if verify is not None else ok & self.guard
+        return served(self.sims, self.guard, self.verified, threshold, verify)
 
     def sibling_rate(self, threshold: float, verify: float | None) -> str:
-        ok = self.sib_sims >= threshold
-        hit = ok & (self.sib >= verify) if verify is not None else ok & self.sib_guard
-        return f"{hit.sum()}/{hit.size} = {hit.mean() if hit.size else 0:.1%}"
+        return share(served(*self.sib, threshold, verify))
 
     def again_rate(self, threshold: float, verify: float) -> str:
-        hit = (self.again_sims >= threshold) & (self.again >= verify)
-        return f"{hit.sum()}/{hit.size} = {hit.mean():.1%}"
+        return share(served(*self.again, threshold, verify))
 
     def rates(self, hit: np.ndarray) -> tuple[str, str]:
-        p, n = hit[self.para], hit[~self.para]
-        return f"{p.sum()}/{p.size} = {p.mean():.1%}", f"{n.sum()}/{n.size} = {n.mean():.1%}"
+        return share(hit[self.para]), share(hit[~self.para])
 
 
 def headline(sets: dict[str, dict[str, Scored]], cfg: CacheConfig, other: str) -> list[str]:

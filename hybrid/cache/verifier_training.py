@@ -232,9 +232,9 @@ def out_of_fold(pairs: list[tuple[str, str, str]], folds: int, settings: TrainSe
         scores[test_idx] = v.score_sync([(as_cached(a), as_cached(b)) for _, a, b in held])
         rng = random.Random(1000 + f)
         again[test_idx] = v.score_sync([(as_cached(a), as_cached(retype(a, rng))) for _, a, _ in held])
-        for a, b, sim in siblings(held, embed, 0.65):
-            sib_sims.append(sim)
-            sib_scores.append(float(v.score_sync([(as_cached(a), as_cached(b))])[0]))
+        near = siblings(held, embed, 0.65)
+        sib_sims += [sim for _, _, sim in near]
+        sib_scores += v.score_sync([(as_cached(a), as_cached(b)) for a, b, _ in near]).tolist()
         if progress is not None:
             progress(f"fold {f + 1}/{folds} done")
     return OutOfFold(scores, again, np.array(sib_sims), np.array(sib_scores))
