@@ -157,3 +157,25 @@ def test_sibling_questions_are_other_questions_on_the_topic() -> None:
     capped = siblings(pairs, embed, cosine=0.0, per_text=1)
     texts = [t for a, b, _ in capped for t in (a, b)]
     assert len(texts) == len(set(texts)) and len(capped) < len(found)
+
+
+def test_cross_validation_never_splits_a_question_across_folds() -> None:
+    """A text in a held-out pair is never in a training pair of that fold (the same common question recurs across
+    the labelled files); the folds stay about equal."""
+    from hybrid.cache.verifier import plain
+    from hybrid.cache.verifier_training import folds_by_question
+
+    pairs = load_pairs(TUNING)
+    # the same question again in another pair, written differently: it must follow its first pair's fold
+    pairs += [("paraphrase", pairs[0][1].lower().rstrip("?"), "Another way to ask it?"),
+              ("number", "Another way to ask it", pairs[5][2] + "!")]
+    fold = folds_by_question(pairs, 3)
+    assert sorted(set(fold)) == [0, 1, 2]
+    where: dict[str, set[int]] = {}
+    for (_, a, b), f in zip(pairs, fold):
+        for t in (a, b):
+            where.setdefault(plain(t), set()).add(f)
+    assert all(len(fs) == 1 for fs in where.values())
+    assert fold[-2] == fold[-1] == fold[0] == fold[5]
+    sizes = [fold.count(f) for f in range(3)]
+    assert max(sizes) - min(sizes) <= len(pairs) // 10

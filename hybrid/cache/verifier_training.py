@@ -197,6 +197,39 @@ def save(state: dict[str, Any], path: Path) -> None:
         np.savez_compressed(fh, **state)
 
 
+def folds_by_question(pairs: list[tuple[str, str, str]], folds: int) -> list[int]:
+    """A fold for each pair such that no text is on both sides of a split: pairs that share a text (as
+    :func:`~hybrid.cache.verifier.plain` writes it), or that are linked through such pairs, share a fold. The same
+    common question recurs across the labelled files ("How do I convert a Word document to PDF?" is in three), and
+    a verifier that has seen a text in one pair scores another pair holding it better than an unseen one.
+    Components go, largest first, to the fold with the fewest pairs, so the folds stay about equal."""
+    parent = list(range(len(pairs)))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    first: dict[str, int] = {}
+    for i, (_, a, b) in enumerate(pairs):
+        for t in (plain(a), plain(b)):
+            j = first.setdefault(t, i)
+            parent[find(i)] = find(j)
+    members: dict[int, list[int]] = {}
+    for i in range(len(pairs)):
+        members.setdefault(find(i), []).append(i)
+    comps = sorted(members.values(), key=lambda c: (-len(c), random.Random(c[0]).random()))
+    size = [0] * folds
+    out = [0] * len(pairs)
+    for comp in comps:
+        f = min(range(folds), key=lambda k: (size[k], k))
+        size[f] += len(comp)
+        for i in comp:
+            out[i] = f
+    return out
+
+
 @dataclass
 class OutOfFold:
     """What verifiers trained without them say about held-out pairs (see :func:`out_of_fold`)."""
@@ -210,11 +243,10 @@ class OutOfFold:
 
 def out_of_fold(pairs: list[tuple[str, str, str]], folds: int, settings: TrainSettings, work: Path,
                 progress: Any = None) -> OutOfFold:
-    """Each pair scored by a verifier trained without it (k folds, stratified by kind); each pair's first question
+    """Each pair scored by a verifier trained without it (k folds of :func:`fold_of`); each pair's first question
     against itself retyped (:func:`retype`); and the sibling questions
     (:func:`siblings`) within each held-out fold that the cache would make candidates."""
-    order = sorted(range(len(pairs)), key=lambda i: (pairs[i][0], random.Random(i).random()))
-    fold_of = {i: n % folds for n, i in enumerate(order)}
+    fold_of = folds_by_question(pairs, folds)
     scores = np.zeros(len(pairs))
     again = np.zeros(len(pairs))
     sib_sims: list[float] = []
