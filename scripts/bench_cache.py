@@ -2,9 +2,10 @@
 """The response cache, measured: semantic precision/recall on the labelled pairs, exact-hit latency end to end,
 and semantic lookup latency with 100,000 entries.
 
-1. Quality: every pair of the sealed sets (tests/data/cache_pairs_sealed_v4.txt, the headline, written before the
-   verifier's last training; v3, v2 and v1, older and seen: see the README), the tuning set tests/data/cache_pairs.txt
-   and the verifier's training pairs (both in-sample) is embedded as the cache embeds a conversation; a pair
+1. Quality: every pair of the sealed set tests/data/cache_pairs_sealed_v5.txt (the headline, written before the
+   verifier's last training), of the older sealed sets v4-v1 (seen, and trained on since: see the README), of the
+   tuning set tests/data/cache_pairs.txt and of the verifier's own training pairs (all three in-sample) is
+   embedded as the cache embeds a conversation; a pair
    "hits" when the cosine reaches the threshold and the verifier confirms it (or, with the verifier off, the guard
    lets it through). Targets at the defaults: >= 80% of paraphrases hit, <= 1% of near-misses hit. Then the online
    error budget, simulated on the sealed pairs.
@@ -40,10 +41,12 @@ from hybrid.cache.verifier_training import retype, siblings  # noqa: E402
 from hybrid.config import CacheConfig  # noqa: E402
 
 PAIRS = ROOT / "tests" / "data" / "cache_pairs.txt"  # the tuning set: the guard was written against it
-SEALED = ROOT / "tests" / "data" / "cache_pairs_sealed.txt"  # written apart, never tuned on; v1: seen (README)
-SEALED_V2 = ROOT / "tests" / "data" / "cache_pairs_sealed_v2.txt"  # written after the verifier; seen (README)
-SEALED_V3 = ROOT / "tests" / "data" / "cache_pairs_sealed_v3.txt"  # written before its second training; seen
-SEALED_V4 = ROOT / "tests" / "data" / "cache_pairs_sealed_v4.txt"  # written before its third training: the headline
+# v1-v4 were each written to test one verifier, seen, and are training pairs since the fourth training
+SEALED = ROOT / "tests" / "data" / "cache_pairs_sealed.txt"
+SEALED_V2 = ROOT / "tests" / "data" / "cache_pairs_sealed_v2.txt"
+SEALED_V3 = ROOT / "tests" / "data" / "cache_pairs_sealed_v3.txt"
+SEALED_V4 = ROOT / "tests" / "data" / "cache_pairs_sealed_v4.txt"
+SEALED_V5 = ROOT / "tests" / "data" / "cache_pairs_sealed_v5.txt"  # written before the fourth training: the headline
 
 
 SIBLING_FLOOR = 0.65  # sibling questions are counted from this cosine up: the lowest threshold tabulated
@@ -352,9 +355,11 @@ def main() -> int:
         v.load()
     other = next(name for name in verifiers if name != cfg.verifier)
     sets = {name: {v: Scored(embedder, verifiers[v], path) for v in verifiers} for name, path in (
-        ("sealed v4 (cache_pairs_sealed_v4.txt)", SEALED_V4), ("sealed v3, seen (cache_pairs_sealed_v3.txt)", SEALED_V3),
-        ("sealed v2, seen (cache_pairs_sealed_v2.txt)", SEALED_V2),
-        ("sealed v1, seen (cache_pairs_sealed.txt)", SEALED),
+        ("sealed v5 (cache_pairs_sealed_v5.txt)", SEALED_V5),
+        ("v4, trained on (cache_pairs_sealed_v4.txt)", SEALED_V4),
+        ("v3, trained on (cache_pairs_sealed_v3.txt)", SEALED_V3),
+        ("v2, trained on (cache_pairs_sealed_v2.txt)", SEALED_V2),
+        ("v1, trained on (cache_pairs_sealed.txt)", SEALED),
         ("tuning (cache_pairs.txt, in-sample)", PAIRS),
         ("verifier training (verifier_pairs.txt, in-sample)", TRAINING_PAIRS))}
     print("## Semantic quality\n")
@@ -363,7 +368,7 @@ def main() -> int:
         print()
         print("\n".join(quality(by_verifier[cfg.verifier], cfg, name)))
     print("\n## The error budget on the sealed pairs\n")
-    for name in list(sets)[:2]:
+    for name in list(sets)[:1]:
         print("\n".join(budget_simulation(sets[name][cfg.verifier], cfg, cfg.verifier_threshold, name)))
         print()
     print("\n".join(budget_simulation(sets[list(sets)[0]][cfg.verifier], cfg, None, list(sets)[0])))

@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """Train the semantic-hit verifier and write hybrid/cache/data/verifier.npz.
 
-Training pairs: hybrid/cache/data/verifier_pairs.txt and the tuning set tests/data/cache_pairs.txt, plus up to two
-sibling questions per question (other questions on its topic, as near-misses). The sealed sets
-(tests/data/cache_pairs_sealed*.txt) are never read here: scripts/bench_cache.py measures them.
+Training pairs: hybrid/cache/data/verifier_pairs.txt, the tuning set tests/data/cache_pairs.txt and the sealed sets
+v1-v4 (tests/data/cache_pairs_sealed{,_v2,_v3,_v4}.txt: written to test earlier verifiers, their figures seen, so
+no longer a test of anything), plus up to two sibling questions per question (other questions on its topic, as
+near-misses). The sealed set that is still sealed, tests/data/cache_pairs_sealed_v5.txt, is never read here:
+scripts/bench_cache.py measures it.
 
     python scripts/train_verifier.py                      # train on every training pair, write the weights
     python scripts/train_verifier.py --cv 3 --cv-only     # 3-fold out-of-fold figures (the tuning figure)
 
-About seven and a half minutes per training on two cores (torch CPU); --cv trains k more times on (k-1)/k of it.
+About fifteen minutes per training on two cores (torch CPU); --cv trains k more times on (k-1)/k of it.
 """
 
 from __future__ import annotations
@@ -27,11 +29,13 @@ sys.path.insert(0, str(ROOT))
 from hybrid.cache.verifier import TRAINING_PAIRS, WEIGHTS, as_cached, load_pairs  # noqa: E402
 from hybrid.cache.verifier_training import OutOfFold, TrainSettings, out_of_fold, save, train  # noqa: E402
 
-TUNING = ROOT / "tests" / "data" / "cache_pairs.txt"
+DATA = ROOT / "tests" / "data"
+TUNING = DATA / "cache_pairs.txt"
+SEEN = [DATA / f"cache_pairs_sealed{v}.txt" for v in ("", "_v2", "_v3", "_v4")]  # v5 stays sealed
 
 
 def training_pairs() -> list[tuple[str, str, str]]:
-    return load_pairs(TUNING) + load_pairs(TRAINING_PAIRS)
+    return load_pairs(TUNING) + load_pairs(TRAINING_PAIRS) + [p for path in SEEN for p in load_pairs(path)]
 
 
 def cv_table(pairs: list[tuple[str, str, str]], oof: OutOfFold, sims: np.ndarray) -> list[str]:
@@ -57,6 +61,7 @@ def main() -> None:
                     help="sibling questions per question as near-misses (0: none)")
     ap.add_argument("--cv-only", action="store_true", help="the out-of-fold figures, no final training")
     ap.add_argument("--out", type=Path, default=WEIGHTS)
+    ap.add_argument("--oof-out", type=Path, help="with --cv: also write the out-of-fold scores here (.npz)")
     args = ap.parse_args()
     import torch
 
@@ -80,6 +85,10 @@ def main() -> None:
         sims = np.einsum("ij,ij->i", vecs[0::2], vecs[1::2])
         print(f"\n{args.cv}-fold out-of-fold, training pairs (each scored by a verifier that did not see it):\n")
         print("\n".join(cv_table(pairs, oof, sims)))
+        if args.oof_out:
+            np.savez(args.oof_out, kinds=[k for k, _, _ in pairs], a=[x for _, x, _ in pairs],
+                     b=[x for _, _, x in pairs], sims=sims, scores=oof.scores, again=oof.again,
+                     sibling_sims=oof.sibling_sims, sibling_scores=oof.sibling_scores)
         if args.cv_only:
             return
     save(train(pairs, settings, progress), args.out)
