@@ -48,9 +48,10 @@ def retype(text: str, rng: random.Random) -> str:
     return out
 
 
-def groups(pairs: list[tuple[str, str, str]]) -> dict[str, int]:
+def groups(pairs: list[tuple[str, str, str]], every_pair: bool = False) -> dict[str, int]:
     """One group per question: the two sides of a paraphrase ask it, and so do texts that differ only in case,
-    white space and the closing mark (:func:`~hybrid.cache.verifier.plain`). Keyed by the texts as written."""
+    white space and the closing mark (:func:`~hybrid.cache.verifier.plain`). Keyed by the texts as written.
+    ``every_pair``: join the two sides of every pair, whatever its kind (what cross-validation must not split)."""
     parent: dict[str, str] = {}
 
     def find(x: str) -> str:
@@ -62,7 +63,7 @@ def groups(pairs: list[tuple[str, str, str]]) -> dict[str, int]:
 
     for kind, a, b in pairs:
         ra, rb = find(plain(a)), find(plain(b))
-        if kind == "paraphrase":
+        if every_pair or kind == "paraphrase":
             parent[ra] = rb
     roots: dict[str, int] = {}
     return {t: roots.setdefault(find(plain(t)), len(roots)) for _, a, b in pairs for t in (a, b)}
@@ -203,22 +204,10 @@ def folds_by_question(pairs: list[tuple[str, str, str]], folds: int) -> list[int
     common question recurs across the labelled files ("How do I convert a Word document to PDF?" is in three), and
     a verifier that has seen a text in one pair scores another pair holding it better than an unseen one.
     Components go, largest first, to the fold with the fewest pairs, so the folds stay about equal."""
-    parent = list(range(len(pairs)))
-
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    first: dict[str, int] = {}
-    for i, (_, a, b) in enumerate(pairs):
-        for t in (plain(a), plain(b)):
-            j = first.setdefault(t, i)
-            parent[find(i)] = find(j)
+    component = groups(pairs, every_pair=True)
     members: dict[int, list[int]] = {}
-    for i in range(len(pairs)):
-        members.setdefault(find(i), []).append(i)
+    for i, (_, a, _) in enumerate(pairs):
+        members.setdefault(component[a], []).append(i)
     comps = sorted(members.values(), key=lambda c: (-len(c), random.Random(c[0]).random()))
     size = [0] * folds
     out = [0] * len(pairs)
@@ -243,7 +232,7 @@ class OutOfFold:
 
 def out_of_fold(pairs: list[tuple[str, str, str]], folds: int, settings: TrainSettings, work: Path,
                 progress: Any = None) -> OutOfFold:
-    """Each pair scored by a verifier trained without it (k folds of :func:`fold_of`); each pair's first question
+    """Each pair scored by a verifier trained without it (k folds of :func:`folds_by_question`); each pair's first question
     against itself retyped (:func:`retype`); and the sibling questions
     (:func:`siblings`) within each held-out fold that the cache would make candidates."""
     fold_of = folds_by_question(pairs, folds)
