@@ -368,10 +368,10 @@ def main() -> int:
         print()
         print("\n".join(quality(by_verifier[cfg.verifier], cfg, name)))
     print("\n## The error budget on the sealed pairs\n")
-    for name in list(sets)[:1]:
-        print("\n".join(budget_simulation(sets[name][cfg.verifier], cfg, cfg.verifier_threshold, name)))
-        print()
-    print("\n".join(budget_simulation(sets[list(sets)[0]][cfg.verifier], cfg, None, list(sets)[0])))
+    first = next(iter(sets))  # the headline set
+    print("\n".join(budget_simulation(sets[first][cfg.verifier], cfg, cfg.verifier_threshold, first)))
+    print()
+    print("\n".join(budget_simulation(sets[first][cfg.verifier], cfg, None, first)))
     if args.quality_only:
         return 0
     print("\n## Semantic lookup latency\n")

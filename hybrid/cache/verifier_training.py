@@ -232,9 +232,9 @@ class OutOfFold:
 
 def out_of_fold(pairs: list[tuple[str, str, str]], folds: int, settings: TrainSettings, work: Path,
                 progress: Any = None) -> OutOfFold:
-    """Each pair scored by a verifier trained without it (k folds of :func:`folds_by_question`); each pair's first question
-    against itself retyped (:func:`retype`); and the sibling questions
-    (:func:`siblings`) within each held-out fold that the cache would make candidates."""
+    """Each pair scored by a verifier trained without it (k folds of :func:`folds_by_question`); each pair's first
+    question against itself retyped (:func:`retype`); and the sibling questions (:func:`siblings`) within each
+    held-out fold that the cache would make candidates."""
     fold_of = folds_by_question(pairs, folds)
     scores = np.zeros(len(pairs))
     again = np.zeros(len(pairs))
