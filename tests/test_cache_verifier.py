@@ -179,3 +179,20 @@ def test_cross_validation_never_splits_a_question_across_folds() -> None:
     assert fold[-2] == fold[-1] == fold[0] == fold[5]
     sizes = [fold.count(f) for f in range(3)]
     assert max(sizes) - min(sizes) <= len(pairs) // 10
+
+
+def test_loading_the_embedder_for_training_keeps_the_threads_training_was_given() -> None:
+    """The embedder sets torch to its one serving thread when it loads; training finds its sibling questions with it
+    and then must still run on the threads it was given (it ran on one core of two)."""
+    import torch
+
+    from hybrid.cache.verifier_training import _minilm
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        embed = _minilm()
+        assert torch.get_num_threads() == 2
+        assert embed(["user: hello"]).shape == (1, 384)
+    finally:
+        torch.set_num_threads(before)

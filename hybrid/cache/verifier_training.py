@@ -125,10 +125,16 @@ def attach(torch: Any, encoder: Any, rank: int, scale: float, gen: Any) -> dict[
 
 
 def _minilm() -> Callable[[list[str]], np.ndarray]:
+    import torch
+
     from hybrid.cache.embeddings import LocalMiniLM
 
+    threads = torch.get_num_threads()
     embedder = LocalMiniLM()
     embedder.load()
+    # loading sets torch to the embedder's one thread (it exports in torch); training keeps the threads it was given:
+    # without this the whole training ran on one core of two
+    torch.set_num_threads(threads)
     return embedder.embed_sync
 
 
