@@ -9,7 +9,11 @@ seen sets v1-v4 as well was tried and lost on sealed v5: docs/design.md.)
     python scripts/train_verifier.py                      # train on every training pair, write the weights
     python scripts/train_verifier.py --cv 3 --cv-only     # 3-fold out-of-fold figures (the tuning figure)
 
-About seven and a half minutes per training on two cores (torch CPU); --cv trains k more times on (k-1)/k of it.
+    python scripts/train_verifier.py --base all-mpnet-base-v2 --out hybrid/cache/data/verifier_mpnet.npz
+
+A MiniLM training took about seven and a half minutes on what turned out to be one core (loading the embedder for
+sibling questions set torch to one thread; training now keeps both); the mpnet one takes about 20 minutes on two.
+--cv trains k more times on (k-1)/k of it.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from hybrid.cache.base_models import BASES  # noqa: E402
 from hybrid.cache.verifier import TRAINING_PAIRS, WEIGHTS, as_cached, load_pairs  # noqa: E402
 from hybrid.cache.verifier_training import OutOfFold, TrainSettings, out_of_fold, save, train  # noqa: E402
 
@@ -54,6 +59,7 @@ def main() -> None:
     ap.add_argument("--cv", type=int, default=0, help="k-fold out-of-fold figures before the final training")
     ap.add_argument("--epochs", type=int, default=TrainSettings.epochs)
     ap.add_argument("--layers", type=int, default=TrainSettings.layers)
+    ap.add_argument("--base", choices=sorted(BASES), default=TrainSettings.base, help="the pretrained encoder")
     ap.add_argument("--siblings", type=int, default=TrainSettings.siblings,
                     help="sibling questions per question as near-misses (0: none)")
     ap.add_argument("--cv-only", action="store_true", help="the out-of-fold figures, no final training")
@@ -63,7 +69,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(2)
-    settings = TrainSettings(epochs=args.epochs, layers=args.layers, siblings=args.siblings)
+    settings = TrainSettings(base=args.base, epochs=args.epochs, layers=args.layers, siblings=args.siblings)
     pairs = training_pairs()
     t0 = time.perf_counter()
 

@@ -9,59 +9,75 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hybrid.cache.verifier import WEIGHTS, PairVerifier, as_cached, load_pairs
-from hybrid.config import CacheConfig
+from hybrid.cache.verifier import WEIGHTS, WEIGHTS_BY_MODEL, PairVerifier, as_cached, load_pairs
+from hybrid.config import VERIFIER_THRESHOLDS
 
 pytest.importorskip("torch")
 
 TUNING = Path(__file__).parent / "data" / "cache_pairs.txt"
-CONFIRM = CacheConfig().verifier_threshold
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["float32", "int8"])
-def verifier(request: pytest.FixtureRequest) -> PairVerifier:
-    v = PairVerifier(threads=2, int8=request.param)
+@pytest.fixture(scope="module", params=[("minilm", False), ("minilm", True), ("mpnet", True)],
+                ids=["minilm-float32", "minilm-int8", "mpnet-int8"])
+def verifier(request: pytest.FixtureRequest) -> tuple[PairVerifier, float]:
+    """Each bundled pair model as a lookup runs it, with its default threshold."""
+    model, int8 = request.param
+    v = PairVerifier(WEIGHTS_BY_MODEL[model], threads=2, int8=int8)
     v.load()
-    return v
+    return v, VERIFIER_THRESHOLDS[model][1]
 
 
-def test_the_shipped_verifier_separates_the_tuning_pairs(verifier: PairVerifier) -> None:
+def test_the_shipped_verifier_separates_the_tuning_pairs(verifier: tuple[PairVerifier, float]) -> None:
     """The weights in the package, read by this code, still do what training made them do on its own pairs (a
     mismatch between the file and the model code, a wrong pair order or a lost update shows here)."""
+    v, confirm = verifier
     pairs = load_pairs(TUNING)
-    p = np.array([verifier.score_sync([(as_cached(a), as_cached(b))])[0] for _, a, b in pairs])  # as lookups do
+    p = np.array([v.score_sync([(as_cached(a), as_cached(b))])[0] for _, a, b in pairs])  # as lookups do
     para = np.array([k == "paraphrase" for k, _, _ in pairs])
-    assert (p[para] >= CONFIRM).mean() >= 0.9
-    assert (p[~para] >= CONFIRM).mean() <= 0.03
+    assert (p[para] >= confirm).mean() >= 0.9
+    assert (p[~para] >= confirm).mean() <= 0.03
 
 
-def test_the_order_of_the_two_questions_hardly_matters(verifier: PairVerifier) -> None:
+def test_the_order_of_the_two_questions_hardly_matters(verifier: tuple[PairVerifier, float]) -> None:
+    v, confirm = verifier
     pairs = load_pairs(TUNING)
-    ab = verifier.score_sync([(as_cached(a), as_cached(b)) for _, a, b in pairs])
-    ba = verifier.score_sync([(as_cached(b), as_cached(a)) for _, a, b in pairs])
-    assert ((ab >= CONFIRM) == (ba >= CONFIRM)).mean() >= 0.95
+    ab = v.score_sync([(as_cached(a), as_cached(b)) for _, a, b in pairs])
+    ba = v.score_sync([(as_cached(b), as_cached(a)) for _, a, b in pairs])
+    assert ((ab >= confirm) == (ba >= confirm)).mean() >= 0.95
 
 
-def test_a_long_conversation_is_cut_to_the_bound_keeping_its_last_turn(verifier: PairVerifier) -> None:
+def test_each_verifier_is_named_after_its_base_model(verifier: tuple[PairVerifier, float]) -> None:
+    """/ready shows the loaded pair model: which base, and whether quantized."""
+    v, _ = verifier
+    base = "all-mpnet-base-v2" if v.weights == WEIGHTS_BY_MODEL["mpnet"] else "all-minilm-l6-v2"
+    assert v.name == f"{base}-cross-encoder" + ("-int8" if v.int8 else "")
+
+
+def test_a_long_conversation_is_cut_to_the_bound_keeping_its_last_turn(verifier: tuple[PairVerifier, float]) -> None:
     """Both texts together are cut to MAX_TOKENS, from the left: the question at the end still decides."""
+    v, _ = verifier
     history = "user: tell me about the office\nassistant: " + "It is a nice office with many desks. " * 200
-    same = verifier.score_sync([(history + "\nuser: How do I reset my password?",
+    same = v.score_sync([(history + "\nuser: How do I reset my password?",
                                  history + "\nuser: How can I reset my password?")])[0]
-    other = verifier.score_sync([(history + "\nuser: How do I enable two-factor login?",
+    other = v.score_sync([(history + "\nuser: How do I enable two-factor login?",
                                   history + "\nuser: How do I disable two-factor login?")])[0]
     assert same > other
 
 
-def test_merged_weights_compute_what_training_computed(tmp_path: Path) -> None:
-    """Training adds B(Ax) beside each frozen layer; loading merges B A into the weights. Both give one answer."""
+@pytest.mark.parametrize("base_name", ["all-MiniLM-L6-v2", "all-mpnet-base-v2"])
+def test_merged_weights_compute_what_training_computed(tmp_path: Path, base_name: str) -> None:
+    """Training adds B(Ax) beside each frozen layer; loading merges B A into the weights. Both give one answer, on
+    each base model (their layers have other names, and MPNet takes no token types)."""
     import torch
 
+    from hybrid.cache.base_models import BASES
     from hybrid.cache.verifier import encode_pairs, load_base, pooled_logit
     from hybrid.cache.verifier_training import attach, pack, save
 
+    base = BASES[base_name]
     gen = torch.Generator().manual_seed(1)
-    tokenizer, encoder = load_base(2)
-    low = attach(torch, encoder, 4, 2.0, gen)
+    tokenizer, encoder = load_base(2, base)
+    low = attach(torch, encoder, 4, 2.0, gen, base)
     for lr in low.values():
         with torch.no_grad():
             lr.B.normal_(0, 0.02, generator=gen)
@@ -71,7 +87,7 @@ def test_merged_weights_compute_what_training_computed(tmp_path: Path) -> None:
     pairs = [("user: How do I reset my password?", "user: How can I reset my password?")]
     with torch.inference_mode():
         trained = torch.sigmoid(pooled_logit(encoder.eval(), head_w, head_b, encode_pairs(tokenizer, pairs)))
-    save(pack(low, head_w, head_b, 2.0, 4, 2), tmp_path / "v.npz")
+    save(pack(low, head_w, head_b, 2.0, 4, 2, base), tmp_path / "v.npz")
     v = PairVerifier(tmp_path / "v.npz")
     v.load()
     assert v.score_sync(pairs)[0] == pytest.approx(float(trained[0]), abs=1e-4)
@@ -105,19 +121,24 @@ def test_a_verifier_that_cannot_load_turns_semantic_hits_off_not_the_cache(tmp_p
 
 
 def test_the_weights_ship_with_the_package() -> None:
-    assert WEIGHTS.exists() and WEIGHTS.stat().st_size < 4 * 1024 * 1024
+    assert WEIGHTS == WEIGHTS_BY_MODEL["minilm"]
+    for path in WEIGHTS_BY_MODEL.values():
+        assert path.exists() and path.stat().st_size < 4 * 1024 * 1024
 
 
-def test_int8_keeps_the_float32_verdicts_on_the_tuning_pairs() -> None:
-    """Quantization is for speed only: a verdict that flips is a wrong hit or a lost one (all-int8 flipped a clear
-    paraphrase from 0.97 to 0.005; the feed-forward down-projections stay in float32 for that)."""
-    full, int8 = PairVerifier(threads=2), PairVerifier(threads=2, int8=True)
+@pytest.mark.parametrize("model", ["minilm", "mpnet"])
+def test_int8_keeps_the_float32_verdicts_on_the_tuning_pairs(model: str) -> None:
+    """Quantization is for speed only: a verdict that flips is a wrong hit or a lost one (torch's per-tensor int8
+    flipped a clear paraphrase from 0.97 to 0.005)."""
+    confirm = VERIFIER_THRESHOLDS[model][1]
+    full = PairVerifier(WEIGHTS_BY_MODEL[model], threads=2)
+    int8 = PairVerifier(WEIGHTS_BY_MODEL[model], threads=2, int8=True)
     full.load()
     int8.load()
     pairs = [(as_cached(a), as_cached(b)) for _, a, b in load_pairs(TUNING)]
     a = np.array([full.score_sync([p])[0] for p in pairs])
     b = np.array([int8.score_sync([p])[0] for p in pairs])
-    assert ((a >= CONFIRM) == (b >= CONFIRM)).mean() >= 0.99
+    assert ((a >= confirm) == (b >= confirm)).mean() >= 0.99
     assert np.abs(a - b).mean() < 0.02  # (a pair on the slope can still move: 0.965 -> 0.146, both refused)
 
 
@@ -196,3 +217,21 @@ def test_loading_the_embedder_for_training_keeps_the_threads_training_was_given(
         assert embed(["user: hello"]).shape == (1, 384)
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("model", ["minilm", "mpnet"])
+def test_the_configured_pair_model_is_the_one_the_cache_loads(tmp_path: Path, model: str) -> None:
+    """cache.verifier_model picks the weights (and with them the base model and the default thresholds)."""
+    from hybrid.cache.cache import build_cache
+    from hybrid.config import parse_config
+
+    config = parse_config({"backends": [{"name": "a", "kind": "llamacpp", "model": "m.gguf"}], "cache": {
+        "semantic": True, "verifier_model": model, "path": str(tmp_path / "c.sqlite3")}})
+    cache = build_cache(config)
+    try:
+        assert cache is not None and cache.verifier is not None
+        assert cache.verifier.weights == WEIGHTS_BY_MODEL[model] and cache.verifier.int8
+        assert (cache.cfg.similarity_threshold, cache.cfg.verifier_threshold) == VERIFIER_THRESHOLDS[model]
+    finally:
+        if cache is not None:
+            asyncio.run(cache.close())

@@ -42,21 +42,24 @@ def test_embeddings_are_the_sentence_transformers_vectors(embedder) -> None:  # 
     assert np.allclose(np.linalg.norm(batch, axis=1), 1.0, atol=1e-5)
 
 
-def test_the_verifier_scores_what_its_torch_model_scores() -> None:
-    """The float32 verifier in onnxruntime against the same merged weights run by torch, on a padded batch."""
+@pytest.mark.parametrize("model", ["minilm", "mpnet"])
+def test_the_verifier_scores_what_its_torch_model_scores(model: str) -> None:
+    """The float32 verifier in onnxruntime against the same merged weights run by torch, on a padded batch (MPNet's
+    graph takes no token types)."""
     import torch
 
-    from hybrid.cache.verifier import WEIGHTS, PairVerifier, encode_pairs, load_base, merge_update, pooled_logit
+    from hybrid.cache.verifier import (WEIGHTS_BY_MODEL, PairVerifier, base_of, encode_pairs, load_base,
+                                       merge_update, pooled_logit)
 
-    saved = np.load(WEIGHTS)
-    tokenizer, encoder = load_base(int(saved["layers"]))
+    saved = np.load(WEIGHTS_BY_MODEL[model])
+    tokenizer, encoder = load_base(int(saved["layers"]), base_of(saved))
     merge_update(encoder, saved)
     pairs = [("user: How do I enable two-factor login?", "user: How do I disable two-factor login?"), ("user: How do I reset my password?", "user: How can I reset my password?"), (TEXTS[2], TEXTS[3])]
     with torch.inference_mode():
         logits = pooled_logit(encoder.eval(), torch.from_numpy(saved["head_w"].astype(np.float32)),
                               torch.from_numpy(saved["head_b"].astype(np.float32)), encode_pairs(tokenizer, pairs))
     expected = torch.sigmoid(logits).reshape(-1).numpy()
-    verifier = PairVerifier(threads=2)
+    verifier = PairVerifier(WEIGHTS_BY_MODEL[model], threads=2)
     verifier.load()
     assert np.abs(verifier.score_sync(pairs) - expected).max() < 1e-4
     assert expected[1] > 0.5 > expected[0]  # the comparison is between real verdicts, not two constants

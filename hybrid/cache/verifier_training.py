@@ -14,13 +14,15 @@ from typing import Any
 
 import numpy as np
 
-from hybrid.cache.verifier import TARGETS, PairVerifier, as_cached, encode_pairs, load_base, plain, pooled_logit
+from hybrid.cache.base_models import BASES, MINILM, BaseModel
+from hybrid.cache.verifier import PairVerifier, as_cached, encode_pairs, load_base, plain, pooled_logit
 
 
 @dataclass(frozen=True)
 class TrainSettings:
+    base: str = MINILM.name  # the pretrained encoder (hybrid.cache.base_models.BASES)
     rank: int = 8
-    layers: int = 6  # MiniLM's first N blocks: fewer is faster
+    layers: int = 6  # the base's first N blocks: fewer is faster
     alpha: float = 16.0
     epochs: int = 6
     lr: float = 4e-4  # 1e-3 collapsed one fold of five to a constant
@@ -118,10 +120,11 @@ class _LowRank:
         linear.forward = patched
 
 
-def attach(torch: Any, encoder: Any, rank: int, scale: float, gen: Any) -> dict[str, _LowRank]:
+def attach(torch: Any, encoder: Any, rank: int, scale: float, gen: Any, base: BaseModel = MINILM
+           ) -> dict[str, _LowRank]:
     """A low-rank update beside every targeted linear layer, named as verifier.npz names it."""
     return {f"{i}.{target}": _LowRank(torch, layer.get_submodule(target), rank, scale, gen)
-            for i, layer in enumerate(encoder.encoder.layer) for target in TARGETS}
+            for i, layer in enumerate(encoder.encoder.layer) for target in base.targets}
 
 
 def _minilm() -> Callable[[list[str]], np.ndarray]:
@@ -146,11 +149,12 @@ def train(pairs: list[tuple[str, str, str]], settings: TrainSettings = TrainSett
 
     torch.manual_seed(settings.seed)
     gen = torch.Generator().manual_seed(settings.seed)
-    tokenizer, encoder = load_base(settings.layers)
+    base = BASES[settings.base]
+    tokenizer, encoder = load_base(settings.layers, base)
     for p in encoder.parameters():
         p.requires_grad_(False)
     scale = settings.alpha / settings.rank
-    low = attach(torch, encoder, settings.rank, scale, gen)
+    low = attach(torch, encoder, settings.rank, scale, gen, base)
     head_w = torch.nn.Parameter(torch.zeros(encoder.config.hidden_size))
     head_b = torch.nn.Parameter(torch.zeros(()))
     params = [p for lr in low.values() for p in (lr.A, lr.B)] + [head_w, head_b]
@@ -183,13 +187,15 @@ def train(pairs: list[tuple[str, str, str]], settings: TrainSettings = TrainSett
             total += loss.item() * len(batch)
         if progress is not None:
             progress(f"epoch {epoch + 1}/{settings.epochs}: loss {total / len(data):.4f}")
-    return pack(low, head_w, head_b, scale, settings.rank, settings.layers)
+    return pack(low, head_w, head_b, scale, settings.rank, settings.layers, base)
 
 
-def pack(low: dict[str, _LowRank], head_w: Any, head_b: Any, scale: float, rank: int, layers: int) -> dict[str, Any]:
-    """The arrays verifier.npz holds: the update in float16 (``{block}.{target}.A|B``) and the head."""
+def pack(low: dict[str, _LowRank], head_w: Any, head_b: Any, scale: float, rank: int, layers: int,
+         base: BaseModel = MINILM) -> dict[str, Any]:
+    """The arrays verifier.npz holds: the base model's name, the update in float16 (``{block}.{target}.A|B``) and
+    the head."""
     out: dict[str, Any] = {
-        "scale": np.float32(scale), "rank": np.int32(rank), "layers": np.int32(layers),
+        "base": np.str_(base.name), "scale": np.float32(scale), "rank": np.int32(rank), "layers": np.int32(layers),
         "head_w": head_w.detach().numpy().astype(np.float32), "head_b": head_b.detach().numpy().astype(np.float32),
     }
     for name, lr_ in low.items():
