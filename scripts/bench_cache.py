@@ -161,6 +161,7 @@ def quality(sc: Scored, cfg: CacheConfig, name: str) -> list[str]:
 async def semantic_latency(embedder, verifiers: dict, entries: int) -> list[str]:  # type: ignore[no-untyped-def,type-arg]
     from hybrid.cache.cache import ResponseCache
     from hybrid.cache.sqlite_store import SCHEMA, SqliteCacheStore
+    from hybrid.cache.verifier import WEIGHTS_BY_MODEL
     from hybrid.protocol import parse_chat_request
 
     work = Path(tempfile.mkdtemp(prefix="bench-cache-"))
@@ -214,7 +215,7 @@ async def semantic_latency(embedder, verifiers: dict, entries: int) -> list[str]
     lookup_ms: dict[str, list[float]] = {}
     hits: dict[str, int] = {}
     for name, verifier in verifiers.items():
-        model = "mpnet" if name.startswith("mpnet") else "minilm"
+        model = next(m for m, weights in WEIGHTS_BY_MODEL.items() if weights == verifier.weights)
         t_sim, t_ver = VERIFIER_THRESHOLDS[model]
         cache = ResponseCache(dataclasses.replace(cfg, verifier_model=model, similarity_threshold=t_sim,
                                                   verifier_threshold=t_ver), store, embedder, verifier)

