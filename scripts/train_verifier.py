@@ -12,7 +12,7 @@ seen sets v1-v4 as well was tried and lost on sealed v5: docs/design.md.)
     python scripts/train_verifier.py --base all-mpnet-base-v2 --out hybrid/cache/data/verifier_mpnet.npz
 
 A MiniLM training took about seven and a half minutes on what turned out to be one core (loading the embedder for
-sibling questions set torch to one thread; training now keeps both); the mpnet one takes about 20 minutes on two.
+sibling questions set torch to one thread; training now keeps both); the mpnet one takes about 14 minutes on two.
 --cv trains k more times on (k-1)/k of it.
 """
 
