@@ -148,10 +148,11 @@ class CacheConfig:
     verifier_model: str = "minilm"
     # the verifier's probability that one answer serves both questions
     verifier_threshold: float = VERIFIER_THRESHOLDS["minilm"][1]
-    # the wrong-hit rate allowed: a sampled share of semantic hits is answered live too and compared, and each
-    # partition's threshold rises until the wrong share of the hits it serves is within this (0: no audits)
+    # the wrong-hit rate allowed: a sampled share of semantic hits is answered live too and compared (and of the
+    # misses a raised threshold caused, judged against the client's answer); each partition's threshold is the
+    # lowest whose sampled wrong share is within this, and a wrong hit closes its entry (0: no audits)
     semantic_error_budget: float = 0.01
-    semantic_audit_rate: float = 0.05  # share of semantic hits audited (each costs a live answer)
+    semantic_audit_rate: float = 0.05  # share of semantic hits audited (each costs a live answer), and of shadows
     deterministic_only: bool = True  # cache only temperature 0 or seeded requests
     shared_models: list[str] = field(default_factory=list)  # models/tiers whose entries all tenants share
     embedder: str = "local"  # "local" (MiniLM on the CPU) or the name of an openai-kind backend

@@ -23,9 +23,7 @@ from hybrid import metrics
 from hybrid.answers import Answer, CachedAnswer, Flight, RequestContext
 from hybrid.backends.base import Backend, BackendState
 from hybrid.budgets import Budgets, BudgetStore, LocalBudgetStore, RedisBudgetStore
-from hybrid.cache.audit import agree, answer_text
 from hybrid.cache.cache import CacheLookup, ResponseCache
-from hybrid.cache.embeddings import STORE
 from hybrid.config import Config
 from hybrid.costs import Costing
 from hybrid.errors import (
@@ -422,36 +420,21 @@ class Gateway:
                 metrics.child(metrics.TOKENS, tier, backend, model, kind).inc(n)
 
     async def _audit(self, req: InferenceRequest, ctx: RequestContext, lookup: CacheLookup) -> None:
-        """Answer a semantic hit's request live as well, and tell the error budget whether the cached answer was
-        the right one (hybrid/cache/audit.py). Off the client's path; booked as ``source=cache-audit``."""
-        assert self.cache is not None and lookup.entry is not None and lookup.similarity is not None
-        audit = self.cache.audit
+        """Answer a semantic hit's request live as well, for the error budget to judge the cached answer by
+        (hybrid/cache/audit.py). Off the client's path; booked as ``source=cache-audit``."""
+        assert self.cache is not None
         try:
             forced = {k: v for k, v in ctx.headers.items() if k == "x-hybrid-tier"}
             actx = RequestContext(request_id=f"audit-{uuid.uuid4().hex[:20]}", headers=forced, tenant="cache-audit",
                                   cache_control="no-store", key_id="cache-audit", tags={"source": "cache-audit"})
             _, chunks = await self.complete(req, actx)
-            live = assemble(chunks, req.kind)
-            embedder = self.cache.embedder if self.cache.semantic else None
-
-            async def embed(texts: list[str]) -> Any:
-                assert embedder is not None
-                return await embedder.embed(texts, STORE)
-
-            same = await agree(answer_text(lookup.entry.answer), answer_text(live), embed if embedder else None)
-            before = audit.threshold(lookup.partition)
-            after = audit.record(lookup.partition, lookup.similarity, not same)
-            metrics.child(metrics.CACHE_AUDITS, "agree" if same else "wrong").inc()
-            if after > before:
-                await self.cache.share_threshold(lookup.partition, after)
-                log.warning("cache: a semantic hit at similarity %.4f served another question's answer; this "
-                            "partition's threshold rises from %.4f to %.4f", lookup.similarity, before, after)
+            await self.cache.judge(req, lookup, assemble(chunks, req.kind))
         except Exception as exc:  # the live answer failed: no verdict either way
-            audit.failed += 1
-            metrics.child(metrics.CACHE_AUDITS, "failed").inc()
+            self.cache.audit.failed += 1
+            metrics.child(metrics.CACHE_AUDITS, "audit", "failed").inc()
             log.info("cache: audit of a semantic hit failed (%s)", exc)
         finally:
-            audit.done()
+            self.cache.audit.done()
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)

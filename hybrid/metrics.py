@@ -92,8 +92,10 @@ CACHE_GUARD_REJECTIONS = Counter(
     ["reason"], registry=REGISTRY,
 )
 CACHE_AUDITS = Counter(
-    "hybrid_cache_semantic_audits", "Semantic hits also answered live, by verdict (agree, wrong, failed, skipped)",
-    ["outcome"], registry=REGISTRY,
+    "hybrid_cache_semantic_audits",
+    "Error-budget verdicts by source (audit: a hit answered live too; shadow: a refused candidate judged against a "
+    "miss's answer; shared: another replica's) and outcome (agree, wrong, failed)",
+    ["source", "outcome"], registry=REGISTRY,
 )
 CACHE_STORES = Counter("hybrid_cache_stores", "Answers stored in the cache", registry=REGISTRY)
 CACHE_EVICTIONS = Counter("hybrid_cache_evictions", "Entries evicted at the size bound", registry=REGISTRY)

@@ -14,52 +14,93 @@ import httpx
 import numpy as np
 import pytest
 
-from hybrid.cache.audit import MAX_IN_FLIGHT, SemanticAudit, agree
+from hybrid.cache.audit import MAX_IN_FLIGHT, Sample, SemanticAudit, agree
 from tests.procs import ManagedProcess, RedisServer, cloud_backend, start_router, wait_semantic
 
 # ------------------------------------------------------------------------------------------------ units
 
 
+def _rec(audit: SemanticAudit, similarity: float, wrong: bool, key: str = "", partition: str = "p") -> float:
+    """One verdict (each on its own entry unless ``key`` is given); the partition's threshold after it."""
+    return audit.record(Sample(partition, key or f"e{similarity}-{wrong}-{random.random()}", similarity, wrong)).after
+
+
 def test_a_wrong_hit_lifts_the_threshold_past_it() -> None:
     audit = SemanticAudit(0.01, 1.0, 0.80)
-    assert audit.record("p", 0.95, False) == 0.80  # a right hit: nothing to tighten
-    t = audit.record("p", 0.86, True)
+    assert _rec(audit, 0.95, False) == 0.80  # a right hit: nothing to tighten
+    t = _rec(audit, 0.86, True)
     assert 0.86 < t < 0.8601  # just past the wrong hit
     assert audit.threshold("p") == t and audit.threshold("other") == 0.80  # per partition
     assert audit.observed() == (0, 1)  # what is still served: the 0.95 hit, right
 
 
+def test_a_wrong_hit_closes_its_entry_for_good() -> None:
+    audit = SemanticAudit(0.01, 1.0, 0.80)
+    assert audit.entry_threshold("k") == 0.0
+    verdict = audit.record(Sample("p", "k", 0.91, True))
+    assert verdict.closed is not None and 0.91 < verdict.closed < 0.9101
+    assert audit.entry_threshold("k") == verdict.closed
+    assert audit.entry_threshold("other") == 0.0
+    assert audit.record(Sample("p", "k", 0.95, False)).closed is None  # a right one above it: nothing reopens
+    _rec(audit, 0.93, True, key="k")
+    assert 0.93 < audit.entry_threshold("k") < 0.9301  # a wrong one higher up: closed further
+    _rec(audit, 0.85, True, key="k")
+    assert 0.93 < audit.entry_threshold("k") < 0.9301  # never lowered
+
+
 def test_enough_right_hits_above_keep_the_rate_in_budget() -> None:
     audit = SemanticAudit(0.05, 1.0, 0.80)
     for i in range(39):
-        audit.record("p", 0.90 + i * 0.001, False)
-    assert audit.record("p", 0.88, True) == 0.80  # 1 wrong in 40 = 2.5% <= 5%: served on
-    assert audit.record("p", 0.89, True) == 0.80  # 2 in 41 = 4.9%
-    t = audit.record("p", 0.895, True)  # 3 in 42 = 7.1%: the lowest wrong hit is no longer served...
+        _rec(audit, 0.90 + i * 0.001, False)
+    assert _rec(audit, 0.88, True) == 0.80  # 1 wrong in 40 = 2.5% <= 5%: served on
+    assert _rec(audit, 0.89, True) == 0.80  # 2 in 41 = 4.9%
+    t = _rec(audit, 0.895, True)  # 3 in 42 = 7.1%: the lowest wrong hit is no longer served...
     assert 0.88 < t < 0.8801
     wrong, total = audit.observed()
     assert (wrong, total) == (2, 41) and wrong / total <= 0.05  # ...2 in 41 = 4.9% remain
 
 
-def test_thresholds_match_the_definition_on_random_audits() -> None:
-    """After every audit, the wrong share among served samples is within budget, and no lower threshold at or
-    above the previous one would have been."""
+def test_right_samples_bring_a_raised_threshold_back_down() -> None:
+    """A threshold raised on thin evidence falls again as right samples (shadows from below it included) show the
+    configured one serves within budget; the wrong sample still counts, so it takes a hundred of them at 1%."""
+    audit = SemanticAudit(0.01, 1.0, 0.70)
+    t = _rec(audit, 0.80, True, key="near-miss")
+    assert 0.80 < t < 0.8001
+    for i in range(98):
+        assert _rec(audit, 0.75 + (i % 20) * 0.01, False) == t  # 1 wrong in 2..99: still above budget
+    assert _rec(audit, 0.72, False) == 0.70  # 1 in 100 = 1%: the configured threshold serves within budget again
+    assert audit.entry_threshold("near-miss") > 0.80  # the pairing that was wrong stays closed
+    assert audit.observed() == (1, 100)
+
+
+def test_thresholds_match_the_definition_on_random_samples() -> None:
+    """After every verdict, the wrong share among samples at or above the threshold is within budget, and no lower
+    threshold at or above the configured one would be."""
     rng = random.Random(3)
     for budget in (0.0001, 0.01, 0.1):
         audit = SemanticAudit(budget, 1.0, 0.7)
-        previous = 0.7
         for _ in range(300):
             s = round(rng.uniform(0.7, 1.0), 3)
-            t = audit.record("p", s, rng.random() < (1.0 - s) * 1.5)
+            t = _rec(audit, s, rng.random() < (1.0 - s) * 1.5)
             samples = list(audit._partitions["p"].samples)
             served = [w for x, w in samples if x >= t]
             assert not served or sum(served) / len(served) <= budget + 1e-12
-            assert t >= previous
-            lower = [x for x, _ in samples if previous <= x < t]
-            for cut in lower:  # any lower cut would serve too many wrong hits
+            for cut in [x for x, _ in samples if 0.7 <= x < t]:  # any lower cut would serve too many wrong hits
                 kept = [w for x, w in samples if x >= cut]
                 assert sum(kept) / len(kept) > budget
-            previous = t
+
+
+def test_bounds_on_what_is_remembered(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from hybrid.cache import audit as audit_module
+
+    monkeypatch.setattr(audit_module, "MAX_CLOSED_ENTRIES", 3)
+    monkeypatch.setattr(audit_module, "MAX_PARTITIONS", 2)
+    audit = SemanticAudit(0.01, 1.0, 0.7)
+    for i in range(5):
+        audit.record(Sample(f"p{i}", f"k{i}", 0.9, True))
+    assert [audit.entry_threshold(f"k{i}") > 0 for i in range(5)] == [False, False, True, True, True]
+    assert audit.figures()["partitions"] == 2 and audit.figures()["closed_entries"] == 3
+    assert audit.threshold("p0") == 0.7 and audit.threshold("p4") > 0.9
 
 
 def test_sampling_and_the_in_flight_bound() -> None:
@@ -151,7 +192,8 @@ def _budget(router: ManagedProcess, audited: int) -> dict[str, object]:
 
 
 def _metric(text: str, name: str) -> float:
-    line = next(line for line in text.splitlines() if line.startswith(name + " ") or line.startswith(name + "{"))
+    line = next((line for line in text.splitlines() if line.startswith(name + " ") or line.startswith(name + "{")), None)
+    assert line is not None, [x for x in text.splitlines() if "audit" in x]
     return float(line.rsplit(" ", 1)[1])
 
 
@@ -162,8 +204,9 @@ def test_the_threshold_rises_until_wrong_hits_stop(audited: ManagedProcess) -> N
     fig = _budget(audited, 1)
     assert (fig["audited"], fig["wrong"]) == (1, 1)
     assert 0.70 < fig["threshold"]["max"] < 0.72  # type: ignore[index]
-    # the same near-miss is now a miss, answered live and right
-    assert _ask(audited, "What time does the gym open?") == ("miss", "6:00")
+    # the audit's live answer was stored for the near-miss: from now on it has its own, right answer
+    assert _ask(audited, "What time does the gym open?") == ("hit-exact", "6:00")
+    assert fig["closed_entries"] == 1  # and the canteen's entry serves nothing that close again
     # a true paraphrase still hits, and its audit agrees
     assert _ask(audited, "How do I reset my password?")[0] == "miss"
     assert _ask(audited, "How can I reset my password?")[0] == "hit-semantic"
@@ -173,7 +216,7 @@ def test_the_threshold_rises_until_wrong_hits_stop(audited: ManagedProcess) -> N
     assert _ask(audited, "How do I change my password?")[0] == "hit-semantic"
     fig = _budget(audited, 3)
     assert fig["wrong"] == 2 and 0.87 < fig["threshold"]["max"] < 0.89  # type: ignore[index,operator]
-    assert _ask(audited, "How do I change my password?") == ("miss", "Open Settings, then Security, then Change password.")
+    assert _ask(audited, "How do I change my password?") == ("hit-exact", "Open Settings, then Security, then Change password.")
     assert _ask(audited, "How can I reset my password?")[0] == "hit-semantic"  # the paraphrase (0.99) is still served
     fig = _budget(audited, 4)
     assert fig["observed_wrong_rate"] == 0.0 and fig["observed_samples"] == 2  # within the 1% budget
@@ -182,8 +225,57 @@ def test_the_threshold_rises_until_wrong_hits_stop(audited: ManagedProcess) -> N
     assert _metric(text, "hybrid_cache_semantic_audit_samples") == 2
     assert _metric(text, "hybrid_cache_semantic_error_budget") == 0.01
     assert 0.87 < _metric(text, 'hybrid_cache_semantic_threshold{stat="max"}') < 0.89
-    assert _metric(text, 'hybrid_cache_semantic_audits_total{outcome="wrong"}') == 2
-    assert _metric(text, 'hybrid_cache_semantic_audits_total{outcome="agree"}') == 2
+    assert _metric(text, 'hybrid_cache_semantic_audits_total{outcome="wrong",source="audit"}') == 2
+    assert _metric(text, 'hybrid_cache_semantic_audits_total{outcome="agree",source="audit"}') == 2
+
+
+def test_shadow_samples_bring_a_raised_threshold_back_down(faults: ManagedProcess, tmp_path: Path) -> None:
+    """A wrong hit raises the partition's threshold; misses below it that the configured threshold would have served
+    are judged against the live answers the clients got (shadows), and once they show the configured threshold
+    serves within budget, it serves again. The entry that was wrong stays closed."""
+    reset = "Use the reset link on the sign-in page."
+    httpx.post(f"{faults.url}/control", json={"answers": {
+        "How do I change my password?": "Open Settings, then Security, then Change password.",
+        "How do I reset my password?": reset,
+        "What's the procedure when a password is forgotten?": reset,  # cosine ~0.73 to the reset question
+        "How do I restore my login?": reset,  # ~0.73
+        "How do I recover access to my account?": reset,  # ~0.77 to the one before
+        "Where can I renew my password?": reset,  # ~0.71
+    }})
+    config = f"""{_scripted(faults)}
+[routing]
+fallbacks = []
+
+[cache]
+semantic = true
+similarity_threshold = 0.60
+verifier = "off"
+semantic_error_budget = 0.25   # one wrong in four samples is within it: a short test of a long-run rule
+semantic_audit_rate = 1.0
+"""
+    router = start_router(config, tmp_path)
+    try:
+        wait_semantic(router)
+        assert _ask(router, "How do I change my password?")[0] == "miss"
+        assert _ask(router, "How do I reset my password?")[0] == "hit-semantic"  # ~0.88: wrong
+        fig = _budget(router, 1)
+        assert fig["wrong"] == 1 and 0.87 < fig["threshold"]["max"] < 0.89  # type: ignore[index,operator]
+        assert _ask(router, "How do I reset my password?") == ("hit-exact", reset)
+        for question in ("What's the procedure when a password is forgotten?", "How do I restore my login?",
+                         "How do I recover access to my account?"):
+            assert _ask(router, question) == ("miss", reset)  # below the raised threshold: a shadow sample each
+        deadline = time.monotonic() + 60
+        while (fig := router.get("/ready").json()["cache"]["error_budget"])["shadowed"] < 3:
+            assert time.monotonic() < deadline, fig
+            time.sleep(0.05)
+        assert fig["audited"] == 1 and fig["wrong"] == 1 and fig["threshold"]["max"] == 0.60  # 1 wrong in 4: 25%
+        assert _ask(router, "Where can I renew my password?") == ("hit-semantic", reset)  # ~0.71: served again
+        assert _ask(router, "How do I change my password?")[0] == "hit-exact"
+        text = router.get("/metrics").text
+        assert _metric(text, 'hybrid_cache_semantic_audits_total{outcome="agree",source="shadow"}') == 3
+    finally:
+        router.stop()
+        httpx.post(f"{faults.url}/control", json={"answers": {}})
 
 
 def test_audits_run_against_the_cloud_stand_in_too(audited: ManagedProcess) -> None:
@@ -198,8 +290,9 @@ def test_audits_run_against_the_cloud_stand_in_too(audited: ManagedProcess) -> N
 
 def test_a_threshold_raised_on_one_replica_reaches_the_other(faults: ManagedProcess, valkey: RedisServer,
                                                               tmp_path: Path) -> None:
-    """Two routers share a Redis cache: a wrong hit audited on one lifts the partition's threshold on both, so the
-    other stops serving it without finding out for itself."""
+    """Two routers share a Redis cache: a wrong hit audited on one reaches the other as a verdict, which lifts the
+    partition's threshold and closes the entry there too, so the other stops serving it without finding out for
+    itself; and the right answer the audit fetched is in the shared store for both."""
     httpx.post(f"{faults.url}/control", json={"answers": {"What time does the canteen open?": "11:30",
                                                           "What time does the gym open?": "6:00"}})
     config = f"""{_scripted(faults)}
@@ -228,32 +321,53 @@ semantic_audit_rate = 1.0
         assert _ask(a, "What time does the gym open?") == ("hit-semantic", "11:30")  # a audits, finds it wrong
         assert _budget(a, 1)["wrong"] == 1
         deadline = time.monotonic() + 30
-        while b.get("/ready").json()["cache"]["error_budget"]["threshold"]["max"] <= 0.6:  # b follows within ~2 s
-            assert time.monotonic() < deadline, "the raised threshold never reached the other replica"
+        while (fig := b.get("/ready").json()["cache"]["error_budget"])["threshold"]["max"] <= 0.6:  # within ~2 s
+            assert time.monotonic() < deadline, "the verdict never reached the other replica"
             time.sleep(0.1)
-        assert _ask(b, "What time does the gym open?") == ("miss", "6:00")
-        assert b.get("/ready").json()["cache"]["error_budget"]["audited"] == 0
+        assert (fig["audited"], fig["shared"], fig["closed_entries"]) == (0, 1, 1)
+        assert _ask(b, "What time does the gym open?") == ("hit-exact", "6:00")
+        # a replica started later reads the verdicts still kept, and starts where the others are
+        c = start_router(config.replace("semantic_audit_rate = 1.0", "semantic_audit_rate = 0.0"), tmp_path)
+        try:
+            wait_semantic(c)
+            deadline = time.monotonic() + 30
+            while (fig := c.get("/ready").json()["cache"]["error_budget"])["shared"] < 1:
+                assert time.monotonic() < deadline, fig
+                time.sleep(0.1)
+            assert fig["threshold"]["max"] > 0.6 and fig["closed_entries"] == 1
+        finally:
+            c.stop()
     finally:
         a.stop()
         b.stop()
         httpx.post(f"{faults.url}/control", json={"answers": {}})
 
 
-def test_the_shared_thresholds_keep_the_highest_and_stay_bounded(valkey: RedisServer, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_the_shared_verdicts_are_read_in_order_bounded_and_checked(valkey: RedisServer, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from hybrid.cache import redis_store
 
-    monkeypatch.setattr(redis_store, "MAX_SHARED_THRESHOLDS", 2)
+    monkeypatch.setattr(redis_store, "MAX_SHARED_SAMPLES", 10)
+    monkeypatch.setattr(redis_store, "SAMPLES_PER_READ", 100)
 
-    async def go() -> dict[str, float]:
-        store = redis_store.RedisCacheStore(valkey.url, prefix="bound:")
+    async def go() -> tuple[list[list[tuple[str, Sample]]], int, int]:
+        store = redis_store.RedisCacheStore(valkey.url, prefix="shared-verdicts:")
         try:
-            await store.raise_threshold("p1", 0.93, 60)
-            await store.raise_threshold("p1", 0.91, 60)  # lower: ignored
-            await store.raise_threshold("p2", 0.95, 60)
-            await store.raise_threshold("p3", 0.99, 60)  # a third partition: over the bound, not added
-            await store.raise_threshold("p2", 0.97, 60)  # a known one still rises
-            return await store.thresholds()
+            await store.r.delete(store.samples_key)
+            await store.publish_sample("a", Sample("p1", "k1", 0.93, True), 60)
+            await store.r.xadd(store.samples_key, {"o": "x", "p": "p1", "k": "k2", "s": "1.5", "w": "1"})  # out of range
+            await store.r.xadd(store.samples_key, {"junk": "1"})  # not a verdict
+            await store.publish_sample("b", Sample("p2", "k2", 0.81, False), 60)
+            first, after = await store.read_samples("0")
+            again, after = await store.read_samples(after)  # nothing new
+            for i in range(600):
+                await store.publish_sample("a", Sample("p3", f"k{i}", 0.9, False), 60)
+            length, ttl = await store.r.xlen(store.samples_key), await store.r.ttl(store.samples_key)
+            return [first, again], length, ttl
         finally:
             await store.close()
 
-    assert asyncio.run(go()) == {"p1": 0.93, "p2": 0.97}
+    (first, again), length, ttl = asyncio.run(go())
+    assert first == [("a", Sample("p1", "k1", 0.93, True)), ("b", Sample("p2", "k2", 0.81, False))]
+    assert again == []
+    assert 10 <= length < 600  # trimmed near the bound (whole nodes at a time)
+    assert 0 < ttl <= 60

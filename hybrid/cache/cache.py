@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hybrid.cache.audit import SemanticAudit
+from hybrid.cache.audit import Sample, SemanticAudit, Verdict, agree, answer_text
 from hybrid.cache.embeddings import STORE, Embedder, EmbedderUnavailable, HttpEmbedder, LocalMiniLM
 from hybrid.cache.guard import disagreement
 from hybrid.cache.keys import conversation_text, keys_of
@@ -24,11 +25,11 @@ from hybrid.cache.policy import CachePolicy, decide
 from hybrid.cache.store import CacheEntry, CacheStore
 from hybrid.cache.verifier import WEIGHTS_BY_MODEL, PairVerifier
 from hybrid.config import CacheConfig, Config
-from hybrid.metrics import CACHE_ERRORS, CACHE_GUARD_REJECTIONS, CACHE_LOOKUPS, CACHE_STORES, child
+from hybrid.metrics import CACHE_AUDITS, CACHE_ERRORS, CACHE_GUARD_REJECTIONS, CACHE_LOOKUPS, CACHE_STORES, child
 from hybrid.protocol import Chunk, InferenceRequest, completion_to_chunk, from_text_completion_chunk, make_chunk
 
 log = logging.getLogger("hybrid.cache")
-THRESHOLD_SYNC_S = 2.0  # how often a replica takes the thresholds the others raised (shared stores only)
+SAMPLE_SYNC_S = 2.0  # how often a replica takes the audit verdicts the others reached (shared stores only)
 VERIFIED_CANDIDATES = 2  # the most similar fresh candidates the verifier reads, one by one: a bound per lookup
 
 
@@ -43,6 +44,8 @@ class CacheLookup:
     entry: CacheEntry | None = None
     similarity: float | None = None
     confirmed: float | None = None  # the verifier's probability, when one confirmed the hit
+    # a miss drawn as a shadow sample: the candidate the configured threshold would have tried, with its similarity
+    shadow: tuple[CacheEntry, float] | None = None
 
     @property
     def hit(self) -> bool:
@@ -72,34 +75,32 @@ class ResponseCache:
         self._pending: set[asyncio.Task[None]] = set()
         self._loading: asyncio.Future[None] | None = None
         self._sync: asyncio.Task[None] | None = None
+        self.origin = uuid.uuid4().hex  # this replica, in the verdicts it shares
 
     async def start(self) -> None:
         await self.store.start()
         if self.embedder is not None:
             self._loading = asyncio.ensure_future(self._load_models())
-            if self.store.shares_thresholds:
-                self._sync = asyncio.ensure_future(self._follow_thresholds())
+            if self.store.shares_samples and self.audit.budget > 0:  # (a replica that audits nothing still follows)
+                self._sync = asyncio.ensure_future(self._follow_samples())
 
-    async def share_threshold(self, partition: str, threshold: float) -> None:
-        """Tell the other replicas (through a shared store) that a partition's threshold rose."""
-        if not self.store.shares_thresholds:
-            return
-        try:
-            await self.store.raise_threshold(partition, threshold, self.cfg.ttl_s or 86400.0)
-        except Exception as exc:
-            log.warning("cache: could not share a raised threshold (%s)", exc)
-            CACHE_ERRORS.labels("thresholds").inc()
-
-    async def _follow_thresholds(self) -> None:
-        """Take the thresholds other replicas raised, every THRESHOLD_SYNC_S: a wrong hit one replica's audit found
-        stops being served by all of them."""
+    async def _follow_samples(self) -> None:
+        """Take the verdicts other replicas reached, every SAMPLE_SYNC_S (at start, all the store still holds): every
+        replica judges a partition and an entry on the same samples, so a wrong hit one of them found stops being
+        served by all of them."""
+        after = "0"
         while True:
             try:
-                for partition, threshold in (await self.store.thresholds()).items():
-                    self.audit.raise_to(partition, threshold)
+                while True:
+                    batch, after = await self.store.read_samples(after)
+                    for origin, sample in batch:
+                        if origin != self.origin:
+                            self._note(self.audit.absorb(sample), sample, "shared")
+                    if not batch:
+                        break
             except Exception as exc:
-                log.debug("cache: could not read shared thresholds (%s)", exc)
-            await asyncio.sleep(THRESHOLD_SYNC_S)
+                log.debug("cache: could not read shared audit samples (%s)", exc)
+            await asyncio.sleep(SAMPLE_SYNC_S)
 
     async def _load_models(self) -> None:
         """The embedder, then the verifier: one after the other, since importing transformers from two threads at
@@ -209,10 +210,16 @@ class ResponseCache:
         threshold = self.audit.threshold(found.partition)  # the configured one, or higher after wrong hits
         checked = 0
         for entry, similarity in candidates:
-            if similarity < threshold:
+            if similarity < self.audit.base:
                 break
-            if not self._fresh(entry, found.policy):
-                continue
+            if not self._fresh(entry, found.policy) or similarity < self.audit.entry_threshold(entry.key):
+                continue  # (an entry that served a wrong answer serves nothing at or below that similarity again)
+            if similarity < threshold:
+                # what the configured threshold would try and a raised one refuses: now and then, the client's live
+                # answer is compared with this candidate's, to learn whether the raised threshold is still needed
+                if self.audit.sampled():
+                    found.shadow = (entry, similarity)
+                break
             confirmed = None
             if self.verifier is None:
                 why = disagreement(found.text, entry.text)  # without the verifier, the word-list guard decides
@@ -242,13 +249,77 @@ class ResponseCache:
     # ------------------------------------------------------------------------------------------ store
 
     def store_answer(self, req: InferenceRequest, found: CacheLookup, answer: dict[str, Any]) -> None:
-        """Store a complete answer, off the response path."""
-        if not found.policy.write or found.hit:
+        """Store a complete answer, off the response path (and judge a shadow sample's candidate against it)."""
+        if found.hit or not _complete(answer):
             return
-        finishes = [c.get("finish_reason") for c in answer.get("choices", [])]
-        if not finishes or not all(f in ("stop", "length", "tool_calls", "function_call") for f in finishes):
+        if found.shadow is not None and self.audit.acquire():
+            self._spawn(self._shadow(found, found.shadow, answer))
+        if found.policy.write:
+            self._spawn(self._store(req, found, answer))
+
+    async def judge(self, req: InferenceRequest, found: CacheLookup, live: dict[str, Any]) -> Verdict:
+        """An audited hit's verdict, from the live answer to its request: recorded, shared with the other replicas,
+        and when the cached answer was wrong, the live one is stored for this question (its own answer from now
+        on, for it and for questions closer to it than to the entry that was wrong)."""
+        assert found.entry is not None and found.similarity is not None
+        same = await self._agree(found.entry.answer, live)
+        if not same and found.policy.write and _complete(live):  # (stored first: once the verdict shows, it is fixed)
+            await self._store(req, CacheLookup("miss", found.policy, found.key, found.partition, found.text,
+                                               found.vector), live)
+        sample = Sample(found.partition, found.entry.key, found.similarity, not same)
+        verdict = self.audit.record(sample)
+        self._note(verdict, sample, "audit")
+        await self._share(sample)
+        return verdict
+
+    async def _shadow(self, found: CacheLookup, candidate: tuple[CacheEntry, float], live: dict[str, Any]) -> None:
+        """Would the candidate the raised threshold refused have been right? Only a candidate the configured check
+        (the verifier, or without one the guard) would have served is a sample."""
+        entry, similarity = candidate
+        try:
+            if self.verifier is not None:
+                if (await self.verifier.scores(found.text, [entry.text]))[0] < self.cfg.verifier_threshold:
+                    return
+            elif disagreement(found.text, entry.text) is not None:
+                return
+            sample = Sample(found.partition, entry.key, similarity, not await self._agree(entry.answer, live))
+            self._note(self.audit.record(sample, shadow=True), sample, "shadow")
+            await self._share(sample)
+        except Exception as exc:
+            self.audit.failed += 1
+            child(CACHE_AUDITS, "shadow", "failed").inc()
+            log.info("cache: a shadow sample could not be judged (%s)", exc)
+        finally:
+            self.audit.done()
+
+    async def _agree(self, cached: dict[str, Any], live: dict[str, Any]) -> bool:
+        embedder = self.embedder if self.semantic else None
+
+        async def embed(texts: list[str]) -> Any:
+            assert embedder is not None
+            return await embedder.embed(texts, STORE)
+
+        return await agree(answer_text(cached), answer_text(live), embed if embedder is not None else None)
+
+    def _note(self, verdict: Verdict, sample: Sample, source: str) -> None:
+        kind = {"audit": "an audited", "shadow": "a shadow", "shared": "another replica's"}[source]
+        child(CACHE_AUDITS, source, "wrong" if sample.wrong else "agree").inc()
+        say = log.info if source == "shared" else log.warning  # (the replica that found it says it loudly)
+        if verdict.closed is not None:
+            say("cache: %s semantic hit at similarity %.4f was another question's answer; that entry is no "
+                        "longer served at or below it", kind, sample.similarity)
+        if verdict.after != verdict.before:
+            say("cache: a partition's semantic threshold moves from %.4f to %.4f on %s verdict",
+                        verdict.before, verdict.after, kind)
+
+    async def _share(self, sample: Sample) -> None:
+        if not self.store.shares_samples:
             return
-        self._spawn(self._store(req, found, answer))
+        try:
+            await self.store.publish_sample(self.origin, sample, self.cfg.ttl_s or 86400.0)
+        except Exception as exc:
+            log.warning("cache: could not share an audit verdict (%s)", exc)
+            CACHE_ERRORS.labels("samples").inc()
 
     async def _store(self, req: InferenceRequest, found: CacheLookup, answer: dict[str, Any]) -> None:
         try:
@@ -275,6 +346,11 @@ class ResponseCache:
         task = asyncio.ensure_future(coro)
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+
+
+def _complete(answer: dict[str, Any]) -> bool:
+    finishes = [c.get("finish_reason") for c in answer.get("choices", [])]
+    return bool(finishes) and all(f in ("stop", "length", "tool_calls", "function_call") for f in finishes)
 
 
 def replay_chunks(entry: CacheEntry, kind: str) -> list[Chunk]:

@@ -14,6 +14,7 @@ import numpy as np
 import orjson
 from redis.typing import EncodableT, FieldT
 
+from hybrid.cache.audit import Sample
 from hybrid.cache.store import CacheEntry, CacheStore, cosine
 
 log = logging.getLogger("hybrid.cache.redis")
@@ -42,9 +43,9 @@ class RedisCacheStore(CacheStore):
         self.index_name = prefix.rstrip(":").replace(":", "-") + "-idx"
         # RESP2 replies (lists), whatever the client's default: one reply shape to parse
         self.r = redis.Redis.from_url(url, protocol=2, socket_timeout=1.0, socket_connect_timeout=1.0)
-        # raised semantic thresholds, partition -> threshold: outside the entries' prefix (no index, no clear)
-        self.thresholds_key = prefix.rstrip(":") + "-thresholds"
-        self.shares_thresholds = True
+        # the error budget's verdicts, a stream every replica reads: outside the entries' prefix (no index, no clear)
+        self.samples_key = prefix.rstrip(":") + "-audits"
+        self.shares_samples = True
 
     async def start(self) -> None:
         try:
@@ -72,21 +73,31 @@ class RedisCacheStore(CacheStore):
     async def close(self) -> None:
         await self.r.aclose()
 
-    async def raise_threshold(self, partition: str, threshold: float, ttl_s: float) -> None:
-        """One script on the server: the highest threshold any replica has published wins; a partition not yet
-        in the hash is added only while it holds fewer than MAX_SHARED_THRESHOLDS."""
-        await self.r.eval(_RAISE, 1, self.thresholds_key, partition, repr(threshold), max(1, int(ttl_s)),
-                          MAX_SHARED_THRESHOLDS)
+    async def publish_sample(self, origin: str, sample: Sample, ttl_s: float) -> None:
+        """Append a verdict to the shared stream, capped near MAX_SHARED_SAMPLES (the oldest trimmed first) and
+        forgotten ``ttl_s`` after the last one."""
+        async with self.r.pipeline(transaction=False) as pipe:
+            pipe.xadd(self.samples_key, {"o": origin, "p": sample.partition, "k": sample.key,
+                                         "s": repr(sample.similarity), "w": "1" if sample.wrong else "0"},
+                      maxlen=MAX_SHARED_SAMPLES, approximate=True)
+            pipe.expire(self.samples_key, max(1, int(ttl_s)))
+            await pipe.execute()
 
-    async def thresholds(self) -> dict[str, float]:
-        raw = await self.r.hgetall(self.thresholds_key)
-        out = {}
-        for k, v in raw.items():
-            try:
-                out[_text(k)] = float(_text(v))
-            except ValueError:
-                continue
-        return out
+    async def read_samples(self, after: str) -> tuple[list[tuple[str, Sample]], str]:
+        reply: Any = await self.r.xread({self.samples_key: after}, count=SAMPLES_PER_READ)
+        out: list[tuple[str, Sample]] = []
+        for _, messages in reply or []:
+            for msg_id, fields in messages:
+                after = _text(msg_id)
+                try:
+                    f = {_text(k): _text(v) for k, v in fields.items()}
+                    similarity = float(f["s"])
+                    if not 0.0 <= similarity <= 1.0:
+                        continue
+                    out.append((f["o"], Sample(f["p"], f["k"], similarity, f["w"] == "1")))
+                except (KeyError, ValueError, UnicodeDecodeError):
+                    continue  # another version's or a stranger's message: skipped
+        return out, after
 
     async def get(self, key: str) -> CacheEntry | None:
         data = await self.r.hgetall(self.prefix + key)
@@ -168,15 +179,8 @@ class RedisCacheStore(CacheStore):
                        "created": entry.created, "expires": entry.expires}
 
 
-MAX_SHARED_THRESHOLDS = 10_000  # partitions in the shared hash: every replica reads it all every few seconds
-_RAISE = """
-local current = redis.call('HGET', KEYS[1], ARGV[1])
-if (not current and redis.call('HLEN', KEYS[1]) < tonumber(ARGV[4])) or (current and tonumber(current) < tonumber(ARGV[2])) then
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-end
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-return 1
-"""
+MAX_SHARED_SAMPLES = 100_000  # verdicts the shared stream keeps (every replica reads them all at start)
+SAMPLES_PER_READ = 1_000
 
 
 def _text(v: Any) -> str:

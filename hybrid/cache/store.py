@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from hybrid.cache.audit import Sample
+
 
 @dataclass
 class CacheEntry:
@@ -26,8 +28,8 @@ class CacheStore(abc.ABC):
     name: str
     #: True when nearest() works (embedded index, or Redis with the search module)
     semantic: bool = False
-    #: True when semantic thresholds raised by one replica's audits reach the others through this store
-    shares_thresholds: bool = False
+    #: True when the error budget's verdicts reach the other replicas through this store
+    shares_samples: bool = False
 
     async def start(self) -> None:
         return None
@@ -44,13 +46,14 @@ class CacheStore(abc.ABC):
     async def touch(self, key: str) -> None:
         return None
 
-    async def raise_threshold(self, partition: str, threshold: float, ttl_s: float) -> None:
-        """Publish a partition's raised semantic threshold to the other replicas (kept for ``ttl_s``)."""
+    async def publish_sample(self, origin: str, sample: Sample, ttl_s: float) -> None:
+        """Share one error-budget verdict with the other replicas (``origin``: this replica), kept for ``ttl_s``."""
         return None
 
-    async def thresholds(self) -> dict[str, float]:
-        """Every partition's threshold as published by any replica."""
-        return {}
+    async def read_samples(self, after: str) -> tuple[list[tuple[str, Sample]], str]:
+        """The verdicts shared since the position ``after`` ("0": all still kept), as (origin, sample), and the
+        position to read on from."""
+        return [], after
 
     @abc.abstractmethod
     async def nearest(self, partition: str, vector: np.ndarray, k: int) -> list[tuple[CacheEntry, float]]:
