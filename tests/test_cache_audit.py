@@ -232,7 +232,8 @@ def test_the_threshold_rises_until_wrong_hits_stop(audited: ManagedProcess) -> N
 def test_shadow_samples_bring_a_raised_threshold_back_down(faults: ManagedProcess, tmp_path: Path) -> None:
     """A wrong hit raises the partition's threshold; misses below it that the configured threshold would have served
     are judged against the live answers the clients got (shadows), and once they show the configured threshold
-    serves within budget, it serves again. The entry that was wrong stays closed."""
+    serves within budget, it serves again. The entry that was wrong stays closed, and the verdicts outlive a
+    restart (they are kept in the cache's SQLite file)."""
     reset = "Use the reset link on the sign-in page."
     httpx.post(f"{faults.url}/control", json={"answers": {
         "How do I change my password?": "Open Settings, then Security, then Change password.",
@@ -247,6 +248,7 @@ def test_shadow_samples_bring_a_raised_threshold_back_down(faults: ManagedProces
 fallbacks = []
 
 [cache]
+path = "{tmp_path / 'cache.sqlite3'}"
 semantic = true
 similarity_threshold = 0.60
 verifier = "off"
@@ -273,6 +275,16 @@ semantic_audit_rate = 1.0
         assert _ask(router, "How do I change my password?")[0] == "hit-exact"
         text = router.get("/metrics").text
         assert _metric(text, 'hybrid_cache_semantic_audits_total{outcome="agree",source="shadow"}') == 3
+        fig = _budget(router, 2)  # the audit of the last hit
+        router.stop()
+        router = start_router(config, tmp_path)
+        wait_semantic(router)
+        deadline = time.monotonic() + 30
+        while (again := router.get("/ready").json()["cache"]["error_budget"])["shared"] < 5:
+            assert time.monotonic() < deadline, again
+            time.sleep(0.05)
+        assert (again["audited"], again["shared"], again["closed_entries"]) == (0, 5, 1)
+        assert again["threshold"] == fig["threshold"] and again["observed_samples"] == fig["observed_samples"]
     finally:
         router.stop()
         httpx.post(f"{faults.url}/control", json={"answers": {}})
@@ -371,3 +383,47 @@ def test_the_shared_verdicts_are_read_in_order_bounded_and_checked(valkey: Redis
     assert again == []
     assert 10 <= length < 600  # trimmed near the bound (whole nodes at a time)
     assert 0 < ttl <= 60
+
+
+def test_the_sqlite_store_keeps_verdicts_in_order_bounded_and_until_they_expire(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from hybrid.cache import sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "MAX_SHARED_SAMPLES", 150)
+    monkeypatch.setattr(sqlite_store, "SAMPLES_PER_READ", 100)
+
+    async def read_all(store: sqlite_store.SqliteCacheStore) -> tuple[list[tuple[str, Sample]], int]:
+        out: list[tuple[str, Sample]] = []
+        after, reads = "0", 0
+        while True:
+            batch, after = await store.read_samples(after)
+            if not batch:
+                return out, reads
+            out += batch
+            reads += 1
+
+    async def go() -> tuple[list[tuple[str, Sample]], list[tuple[str, Sample]], int, int]:
+        store = sqlite_store.SqliteCacheStore(tmp_path / "c.sqlite3", semantic=False)
+        await store.start()
+        try:
+            await store.publish_sample("a", Sample("p1", "k1", 0.93, True), 60)
+            await store.publish_sample("b", Sample("p2", "k2", 0.81, False), -1)  # already expired: never read
+            await store.publish_sample("a", Sample("p1", "k3", 0.75, False), 60)
+            await store.close()  # (the writer thread drains its queue first)
+            await store.start()  # as the next start reads them
+            few, _ = await read_all(store)
+            for i in range(400):
+                await store.publish_sample("c", Sample("p3", f"k{i}", 0.9, False), 60)
+            await store.close()
+            await store.start()
+            many, reads = await read_all(store)
+            assert store._read is not None
+            (rows,) = store._read.execute("SELECT COUNT(*) FROM verdicts").fetchone()
+            return few, many, rows, reads
+        finally:
+            await store.close()
+
+    few, many, rows, reads = asyncio.run(go())
+    assert few == [("a", Sample("p1", "k1", 0.93, True)), ("a", Sample("p1", "k3", 0.75, False))]
+    assert 150 <= rows <= 150 + 100  # trimmed to about the newest MAX_SHARED_SAMPLES (on every hundredth insert)
+    assert len(many) == rows and reads == -(-rows // 100)  # read in pieces of SAMPLES_PER_READ
+    assert many[-1] == ("c", Sample("p3", "k399", 0.9, False)) and few[0] not in many  # the oldest went first

@@ -15,7 +15,7 @@ import orjson
 from redis.typing import EncodableT, FieldT
 
 from hybrid.cache.audit import Sample
-from hybrid.cache.store import CacheEntry, CacheStore, cosine
+from hybrid.cache.store import MAX_SHARED_SAMPLES, SAMPLES_PER_READ, CacheEntry, CacheStore, cosine
 
 log = logging.getLogger("hybrid.cache.redis")
 
@@ -177,10 +177,6 @@ class RedisCacheStore(CacheStore):
             if entry is not None:
                 yield {"key": entry.key, "namespace": entry.namespace, "text": entry.text, "answer": entry.answer,
                        "created": entry.created, "expires": entry.expires}
-
-
-MAX_SHARED_SAMPLES = 100_000  # verdicts the shared stream keeps (every replica reads them all at start)
-SAMPLES_PER_READ = 1_000
 
 
 def _text(v: Any) -> str:

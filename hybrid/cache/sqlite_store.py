@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from hybrid.cache.store import CacheEntry, CacheStore, cosine
+from hybrid.cache.audit import Sample
+from hybrid.cache.store import MAX_SHARED_SAMPLES, SAMPLES_PER_READ, CacheEntry, CacheStore, cosine
 from hybrid.metrics import CACHE_ERRORS, CACHE_EVICTIONS
 
 log = logging.getLogger("hybrid.cache.sqlite")
@@ -42,6 +43,15 @@ CREATE TABLE IF NOT EXISTS entries (
 CREATE INDEX IF NOT EXISTS entries_last_used ON entries(last_used);
 CREATE INDEX IF NOT EXISTS entries_expires ON entries(expires);
 CREATE INDEX IF NOT EXISTS entries_namespace ON entries(namespace);
+CREATE TABLE IF NOT EXISTS verdicts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    origin TEXT NOT NULL,
+    partition TEXT NOT NULL,
+    key TEXT NOT NULL,
+    similarity REAL NOT NULL,
+    wrong INTEGER NOT NULL,
+    expires REAL NOT NULL
+);
 """
 
 
@@ -64,6 +74,8 @@ def _connect(path: str) -> sqlite3.Connection:
 
 class SqliteCacheStore(CacheStore):
     name = "sqlite"
+    # the error budget's verdicts are kept in the file: a restart (or another process on it) reads them back
+    shares_samples = True
 
     def __init__(self, path: str | Path, max_entries: int = 100_000, dim: int = 384, semantic: bool = True) -> None:
         self.path = str(path)
@@ -186,7 +198,19 @@ class SqliteCacheStore(CacheStore):
         out.sort(key=lambda pair: -pair[1])
         return out
 
+    async def read_samples(self, after: str) -> tuple[list[tuple[str, Sample]], str]:
+        assert self._read is not None
+        rows = self._read.execute(
+            "SELECT id, origin, partition, key, similarity, wrong FROM verdicts WHERE id > ? AND expires > ? "
+            "ORDER BY id LIMIT ?", (int(after), time.time(), SAMPLES_PER_READ)).fetchall()
+        out = [(origin, Sample(partition, key, float(similarity), bool(wrong)))
+               for _, origin, partition, key, similarity, wrong in rows if 0.0 <= similarity <= 1.0]
+        return out, str(rows[-1][0]) if rows else after
+
     # ------------------------------------------------------------------------------------------ writes
+
+    async def publish_sample(self, origin: str, sample: Sample, ttl_s: float) -> None:
+        self._queue.put(("verdict", origin, sample, time.time() + ttl_s))
 
     async def put(self, entry: CacheEntry) -> None:
         if self.index is not None and entry.embedding is not None:
@@ -280,6 +304,14 @@ class SqliteCacheStore(CacheStore):
                          e.embedding.astype(np.float32).tobytes() if e.embedding is not None else None,
                          e.created, e.expires, e.created),
                     )
+                elif op[0] == "verdict":
+                    v: Sample = op[2]
+                    cur = conn.execute("INSERT INTO verdicts (origin, partition, key, similarity, wrong, expires) "
+                                       "VALUES (?, ?, ?, ?, ?, ?)",
+                                       (op[1], v.partition, v.key, v.similarity, int(v.wrong), op[3]))
+                    if cur.lastrowid is not None and cur.lastrowid % 100 == 0:  # the newest MAX_SHARED_SAMPLES stay
+                        conn.execute("DELETE FROM verdicts WHERE id <= ? OR expires <= ?",
+                                     (cur.lastrowid - MAX_SHARED_SAMPLES, time.time()))
                 elif op[0] == "touch":
                     conn.execute("UPDATE entries SET last_used = ? WHERE key = ?", (op[2], op[1]))
                 elif op[0] == "delete":

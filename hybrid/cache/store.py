@@ -11,6 +11,9 @@ import numpy as np
 
 from hybrid.cache.audit import Sample
 
+MAX_SHARED_SAMPLES = 100_000  # error-budget verdicts a store keeps (every replica reads them all at start)
+SAMPLES_PER_READ = 1_000
+
 
 @dataclass
 class CacheEntry:
@@ -28,7 +31,7 @@ class CacheStore(abc.ABC):
     name: str
     #: True when nearest() works (embedded index, or Redis with the search module)
     semantic: bool = False
-    #: True when the error budget's verdicts reach the other replicas through this store
+    #: True when the error budget's verdicts are kept in this store, for the other replicas and the next start
     shares_samples: bool = False
 
     async def start(self) -> None:
