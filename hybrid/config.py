@@ -116,8 +116,14 @@ class LimitsConfig:
 
 
 UNVERIFIED_SIMILARITY = 0.90  # the default cache.similarity_threshold when cache.verifier = "off"
-# each pair model's default (similarity_threshold, verifier_threshold): README "Cache" says how they were chosen
-VERIFIER_THRESHOLDS = {"minilm": (0.70, 0.98), "mpnet": (0.70, 0.95)}
+PAIR_MODELS = ("minilm", "mpnet")  # cache.verifier_model
+EMBEDDER_PRECISIONS = ("float32", "int8")  # cache.embedder_precision
+# (pair model, query embedder's precision) -> the default (similarity_threshold, verifier_threshold), each chosen for
+# its pair by one rule on the sealed sets v1-v6 pooled: README "Cache" says how
+VERIFIER_THRESHOLDS = {("minilm", "float32"): (0.70, 0.98), ("minilm", "int8"): (0.65, 0.98),
+                       ("mpnet", "float32"): (0.70, 0.98), ("mpnet", "int8"): (0.70, 0.95)}
+# the default: the candidate with the most paraphrases on v1-v6 whose lookup p99 stayed under 15 ms (commit be3e94e)
+DEFAULT_PAIR = ("mpnet", "int8")
 
 
 @dataclass
@@ -137,17 +143,16 @@ class CacheConfig:
     # whose sibling questions (other questions on the topic) stayed <= 2% on the sealed sets v1-v5 pooled, which
     # no verifier trained on (a rule fixed before the figures were seen: README "Cache"); unless set,
     # VERIFIER_THRESHOLDS[verifier_model] and, with verifier = "off", UNVERIFIED_SIMILARITY
-    similarity_threshold: float = VERIFIER_THRESHOLDS["minilm"][0]
+    similarity_threshold: float = VERIFIER_THRESHOLDS[DEFAULT_PAIR][0]
     # a candidate is served only when the verifier confirms it: "cross-encoder" (a bundled pair model,
     # hybrid/cache/verifier.py), "cross-encoder-int8" (the same, quantized at load: a third of the time a check,
     # the same verdicts but for about 1% of pairs) or "off" (similarity and the word-list guard alone)
     verifier: str = "cross-encoder-int8"
-    # the pair model: "minilm" (all-MiniLM-L6-v2, about 2.7 ms a check in int8) or "mpnet" (the first 6 layers of
-    # all-mpnet-base-v2, about 6.5 ms: hits more paraphrases on sealed v6, 59% against 43%, for the same
-    # near-misses; pip install '.[mpnet]')
-    verifier_model: str = "minilm"
+    # the pair model: "mpnet" (the first 6 layers of all-mpnet-base-v2, about 6.4 ms a check in int8) or "minilm"
+    # (all-MiniLM-L6-v2, about 2.7 ms, a 404 MB smaller download: fewer paraphrases at the same near-misses)
+    verifier_model: str = DEFAULT_PAIR[0]
     # the verifier's probability that one answer serves both questions
-    verifier_threshold: float = VERIFIER_THRESHOLDS["minilm"][1]
+    verifier_threshold: float = VERIFIER_THRESHOLDS[DEFAULT_PAIR][1]
     # the wrong-hit rate allowed: a sampled share of semantic hits is answered live too and compared (and of the
     # misses a raised threshold caused, judged against the client's answer); each partition's threshold is the
     # lowest whose sampled wrong share is within this, and a wrong hit closes its entry (0: no audits)
@@ -156,6 +161,9 @@ class CacheConfig:
     deterministic_only: bool = True  # cache only temperature 0 or seeded requests
     shared_models: list[str] = field(default_factory=list)  # models/tiers whose entries all tenants share
     embedder: str = "local"  # "local" (MiniLM on the CPU) or the name of an openai-kind backend
+    # the local embedder's matrix products: "float32", or "int8" (quantized at load: a query in about 1.8 ms instead
+    # of 4.4, vectors about 0.99 alike, so each precision has its own default thresholds)
+    embedder_precision: str = DEFAULT_PAIR[1]
     embedding_model: str = ""  # model id to ask an embeddings backend for
 
 
@@ -270,7 +278,7 @@ def load_config(path: str | Path | None) -> Config:
 
 def _default_thresholds(cache: CacheConfig, given: dict[str, Any]) -> CacheConfig:
     """The thresholds the user did not set: the chosen pair model's, and with no verifier the guard's higher one."""
-    similarity, verify = VERIFIER_THRESHOLDS[cache.verifier_model]
+    similarity, verify = VERIFIER_THRESHOLDS[(cache.verifier_model, cache.embedder_precision)]
     if cache.verifier == "off":
         similarity = UNVERIFIED_SIMILARITY  # the guard alone needs a higher one than a verifier's candidates
     return dataclasses.replace(
@@ -354,9 +362,12 @@ def parse_config(raw: dict[str, Any]) -> Config:
     if limits.requests_per_min < 0 or limits.tokens_per_min < 0:
         raise ConfigError("limits: rates must be >= 0")
     cache = _build(CacheConfig, raw.get("cache", {}), "cache")
-    if cache.verifier_model not in VERIFIER_THRESHOLDS:
-        raise ConfigError(f"cache.verifier_model: must be one of {', '.join(VERIFIER_THRESHOLDS)} "
+    if cache.verifier_model not in PAIR_MODELS:
+        raise ConfigError(f"cache.verifier_model: must be one of {', '.join(PAIR_MODELS)} "
                           f"(got {cache.verifier_model!r})")
+    if cache.embedder_precision not in EMBEDDER_PRECISIONS:
+        raise ConfigError(f"cache.embedder_precision: must be one of {', '.join(EMBEDDER_PRECISIONS)} "
+                          f"(got {cache.embedder_precision!r})")
     cache = _default_thresholds(cache, raw.get("cache", {}))
     if cache.backend not in ("sqlite", "redis", "off"):
         raise ConfigError(f"cache.backend: must be one of sqlite, redis, off (got {cache.backend!r})")

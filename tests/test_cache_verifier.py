@@ -24,7 +24,7 @@ def verifier(request: pytest.FixtureRequest) -> tuple[PairVerifier, float]:
     model, int8 = request.param
     v = PairVerifier(WEIGHTS_BY_MODEL[model], threads=2, int8=int8)
     v.load()
-    return v, VERIFIER_THRESHOLDS[model][1]
+    return v, VERIFIER_THRESHOLDS[(model, "float32")][1]
 
 
 def test_the_shipped_verifier_separates_the_tuning_pairs(verifier: tuple[PairVerifier, float]) -> None:
@@ -130,7 +130,7 @@ def test_the_weights_ship_with_the_package() -> None:
 def test_int8_keeps_the_float32_verdicts_on_the_tuning_pairs(model: str) -> None:
     """Quantization is for speed only: a verdict that flips is a wrong hit or a lost one (torch's per-tensor int8
     flipped a clear paraphrase from 0.97 to 0.005)."""
-    confirm = VERIFIER_THRESHOLDS[model][1]
+    confirm = VERIFIER_THRESHOLDS[(model, "float32")][1]
     full = PairVerifier(WEIGHTS_BY_MODEL[model], threads=2)
     int8 = PairVerifier(WEIGHTS_BY_MODEL[model], threads=2, int8=True)
     full.load()
@@ -219,19 +219,22 @@ def test_loading_the_embedder_for_training_keeps_the_threads_training_was_given(
         torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("model", ["minilm", "mpnet"])
-def test_the_configured_pair_model_is_the_one_the_cache_loads(tmp_path: Path, model: str) -> None:
-    """cache.verifier_model picks the weights (and with them the base model and the default thresholds)."""
+@pytest.mark.parametrize(("model", "precision"), [("minilm", "float32"), ("mpnet", "int8")])
+def test_the_configured_pair_model_is_the_one_the_cache_loads(tmp_path: Path, model: str, precision: str) -> None:
+    """cache.verifier_model picks the weights (and with them the base model), cache.embedder_precision the query
+    embedder's, and the two the default thresholds."""
     from hybrid.cache.cache import build_cache
     from hybrid.config import parse_config
 
     config = parse_config({"backends": [{"name": "a", "kind": "llamacpp", "model": "m.gguf"}], "cache": {
-        "semantic": True, "verifier_model": model, "path": str(tmp_path / "c.sqlite3")}})
+        "semantic": True, "verifier_model": model, "embedder_precision": precision,
+        "path": str(tmp_path / "c.sqlite3")}})
     cache = build_cache(config)
     try:
         assert cache is not None and cache.verifier is not None
         assert cache.verifier.weights == WEIGHTS_BY_MODEL[model] and cache.verifier.int8
-        assert (cache.cfg.similarity_threshold, cache.cfg.verifier_threshold) == VERIFIER_THRESHOLDS[model]
+        assert (cache.cfg.similarity_threshold, cache.cfg.verifier_threshold) == VERIFIER_THRESHOLDS[(model, precision)]
+        assert cache.embedder is not None and cache.embedder.name.endswith("-int8") == (precision == "int8")
     finally:
         if cache is not None:
             asyncio.run(cache.close())

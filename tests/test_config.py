@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hybrid.config import ConfigError, default_config, load_config, parse_config
+from hybrid.config import VERIFIER_THRESHOLDS, ConfigError, default_config, load_config, parse_config
 
 GOOD = """
 [server]
@@ -53,8 +53,8 @@ def test_semantic_caching_is_opt_in_while_its_sealed_figures_miss_the_targets() 
     only; turned on, a candidate is confirmed by the int8 MiniLM verifier."""
     cfg = default_config().cache
     assert cfg.semantic is False
-    assert (cfg.verifier, cfg.verifier_model, cfg.similarity_threshold, cfg.verifier_threshold) == (
-        "cross-encoder-int8", "minilm", 0.70, 0.98)
+    assert (cfg.verifier, cfg.verifier_model, cfg.embedder_precision) == ("cross-encoder-int8", "mpnet", "int8")
+    assert (cfg.similarity_threshold, cfg.verifier_threshold) == (0.70, 0.95)
     assert parse_config({"backends": [{"name": "a", "kind": "llamacpp", "model": "m.gguf"}]}).cache.semantic is False
 
 
@@ -69,11 +69,16 @@ def test_without_the_verifier_the_default_similarity_threshold_is_the_guards() -
 
 
 def test_each_pair_model_brings_its_own_default_thresholds() -> None:
-    """The thresholds were chosen for each verifier model; a threshold the user sets is kept whichever model."""
+    """The thresholds were chosen for each verifier model and embedder precision; a threshold the user sets is kept
+    whichever they are."""
     backends = [{"name": "a", "kind": "llamacpp", "model": "m.gguf"}]
-    mpnet = parse_config({"backends": backends, "cache": {"verifier_model": "mpnet"}}).cache
-    assert (mpnet.similarity_threshold, mpnet.verifier_threshold) == (0.70, 0.95)
-    kept = parse_config({"backends": backends, "cache": {"verifier_model": "mpnet", "verifier_threshold": 0.99}}).cache
+    for model, precision in VERIFIER_THRESHOLDS:
+        chosen = parse_config({"backends": backends, "cache": {"verifier_model": model,
+                                                               "embedder_precision": precision}}).cache
+        assert (chosen.similarity_threshold, chosen.verifier_threshold) == VERIFIER_THRESHOLDS[(model, precision)]
+    assert VERIFIER_THRESHOLDS[("mpnet", "int8")] == (0.70, 0.95) != VERIFIER_THRESHOLDS[("minilm", "int8")]
+    kept = parse_config({"backends": backends, "cache": {"verifier_model": "mpnet", "verifier_threshold": 0.99,
+                                                         "embedder_precision": "int8"}}).cache
     assert (kept.similarity_threshold, kept.verifier_threshold) == (0.70, 0.99)
     unverified = parse_config({"backends": backends, "cache": {"verifier_model": "mpnet", "verifier": "off"}}).cache
     assert unverified.similarity_threshold == 0.90
@@ -83,6 +88,7 @@ def test_each_pair_model_brings_its_own_default_thresholds() -> None:
     ({"verifier": "nli"}, "cache.verifier: must be 'cross-encoder', 'cross-encoder-int8' or 'off' (got 'nli')"),
     ({"verifier_threshold": 1.0}, "cache.verifier_threshold: must be in [0, 1)"),
     ({"verifier_model": "bert"}, "cache.verifier_model: must be one of minilm, mpnet (got 'bert')"),
+    ({"embedder_precision": "fp16"}, "cache.embedder_precision: must be one of float32, int8 (got 'fp16')"),
 ])
 def test_bad_verifier_settings_are_refused(cache: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError) as err:

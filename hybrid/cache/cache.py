@@ -385,7 +385,7 @@ def build_cache(config: Config) -> ResponseCache | None:
             verifier = PairVerifier(WEIGHTS_BY_MODEL[cfg.verifier_model], int8=cfg.verifier == "cross-encoder-int8")
         try:
             if cfg.embedder == "local":
-                embedder = LocalMiniLM()
+                embedder = LocalMiniLM(int8=cfg.embedder_precision == "int8")
             else:
                 from hybrid.upstream import upstream_pool
 
