@@ -90,6 +90,26 @@ def test_thresholds_match_the_definition_on_random_samples() -> None:
                 assert sum(kept) / len(kept) > budget
 
 
+def test_a_batch_of_other_replicas_verdicts_lands_where_one_by_one_would() -> None:
+    """Another replica's verdicts are taken a batch at a time (each partition settled once): the thresholds and the
+    closed entries are those that recording them one by one gives, and the partitions that moved are reported."""
+    rng = random.Random(5)
+    samples = [Sample(f"p{rng.randrange(3)}", f"k{rng.randrange(40)}", round(rng.uniform(0.7, 1.0), 3),
+                      rng.random() < 0.1) for _ in range(500)]
+    one_by_one, batched = SemanticAudit(0.02, 1.0, 0.7), SemanticAudit(0.02, 1.0, 0.7)
+    for sample in samples:
+        one_by_one.record(sample)
+    moved = batched.absorb(samples)
+    for p in ("p0", "p1", "p2"):
+        assert batched.threshold(p) == one_by_one.threshold(p)
+        assert (p in moved) == (batched.threshold(p) != 0.7)
+        if p in moved:
+            assert moved[p] == (0.7, batched.threshold(p))
+    assert all(batched.entry_threshold(f"k{i}") == one_by_one.entry_threshold(f"k{i}") for i in range(40))
+    assert batched.figures()["shared"] == 500 and batched.figures()["audited"] == 0
+    assert batched.observed() == one_by_one.observed()
+
+
 def test_bounds_on_what_is_remembered(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from hybrid.cache import audit as audit_module
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import random
 from collections import OrderedDict, deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,33 +137,53 @@ class SemanticAudit:
         else:
             self.audited += 1
         self.wrong += int(sample.wrong)
-        return self._take(sample)
+        p = self._partition(sample.partition)
+        verdict = Verdict(p.threshold, p.threshold, self._add(p, sample))
+        verdict.after = self._resettle(p)
+        return verdict
 
-    def absorb(self, sample: Sample) -> Verdict:
-        """A verdict another replica reached (read from the shared store)."""
-        self.shared += 1
-        return self._take(sample)
+    def absorb(self, samples: Iterable[Sample]) -> dict[str, tuple[float, float]]:
+        """Verdicts other replicas reached (read from the shared store), as one batch: each partition touched is
+        settled once, not once a sample (a replica that starts reads up to the store's whole bound). Returns the
+        partitions whose threshold moved, with (before, after)."""
+        touched: dict[str, tuple[_Partition, float]] = {}
+        for sample in samples:
+            self.shared += 1
+            p = self._partition(sample.partition)
+            touched.setdefault(sample.partition, (p, p.threshold))
+            self._add(p, sample)
+        moved = {}
+        for name, (p, before) in touched.items():
+            if self._resettle(p) != before:
+                moved[name] = (before, p.threshold)
+        return moved
 
-    def _take(self, sample: Sample) -> Verdict:
-        p = self._partitions.get(sample.partition)
+    def _partition(self, name: str) -> _Partition:
+        p = self._partitions.get(name)
         if p is None:
-            p = self._partitions[sample.partition] = _Partition(self.base)
+            p = self._partitions[name] = _Partition(self.base)
             while len(self._partitions) > MAX_PARTITIONS:
                 self._partitions.popitem(last=False)
         else:
-            self._partitions.move_to_end(sample.partition)
-        verdict = Verdict(p.threshold, p.threshold)
+            self._partitions.move_to_end(name)
+        return p
+
+    def _add(self, p: _Partition, sample: Sample) -> float | None:
+        """Keep the sample; a wrong one closes its entry past its similarity. Returns the entry's new threshold."""
         p.samples.append((sample.similarity, sample.wrong))
-        if sample.wrong:
-            closed = min(1.0, max(self._closed.pop(sample.key, 0.0), sample.similarity + PAST))
-            self._closed[sample.key] = closed
-            while len(self._closed) > MAX_CLOSED_ENTRIES:
-                self._closed.popitem(last=False)
-            verdict.closed = closed
-        p.threshold = verdict.after = self._settle(p)
+        if not sample.wrong:
+            return None
+        closed = min(1.0, max(self._closed.pop(sample.key, 0.0), sample.similarity + PAST))
+        self._closed[sample.key] = closed
+        while len(self._closed) > MAX_CLOSED_ENTRIES:
+            self._closed.popitem(last=False)
+        return closed
+
+    def _resettle(self, p: _Partition) -> float:
+        p.threshold = self._settle(p)
         served = [w for s, w in p.samples if s >= p.threshold]
         p.served, p.served_wrong = len(served), sum(served)
-        return verdict
+        return p.threshold
 
     def _settle(self, p: _Partition) -> float:
         """The lowest threshold, from the configured one up, whose sampled hits are wrong within the budget."""

@@ -93,11 +93,15 @@ class ResponseCache:
             try:
                 while True:
                     batch, after = await self.store.read_samples(after)
-                    for origin, sample in batch:
-                        if origin != self.origin:
-                            self._note(self.audit.absorb(sample), sample, "shared")
                     if not batch:
                         break
+                    theirs = [sample for origin, sample in batch if origin != self.origin]
+                    for partition, (before, now) in self.audit.absorb(theirs).items():
+                        log.info("cache: a partition's semantic threshold moves from %.4f to %.4f on other "
+                                 "replicas' verdicts", before, now)
+                    for sample in theirs:
+                        child(CACHE_AUDITS, "shared", "wrong" if sample.wrong else "agree").inc()
+                    await asyncio.sleep(0)  # (a long backlog at start is read in pieces, between requests)
             except Exception as exc:
                 log.debug("cache: could not read shared audit samples (%s)", exc)
             await asyncio.sleep(SAMPLE_SYNC_S)
@@ -302,14 +306,13 @@ class ResponseCache:
         return await agree(answer_text(cached), answer_text(live), embed if embedder is not None else None)
 
     def _note(self, verdict: Verdict, sample: Sample, source: str) -> None:
-        kind = {"audit": "an audited", "shadow": "a shadow", "shared": "another replica's"}[source]
+        kind = {"audit": "an audited", "shadow": "a shadow"}[source]
         child(CACHE_AUDITS, source, "wrong" if sample.wrong else "agree").inc()
-        say = log.info if source == "shared" else log.warning  # (the replica that found it says it loudly)
         if verdict.closed is not None:
-            say("cache: %s semantic hit at similarity %.4f was another question's answer; that entry is no "
+            log.warning("cache: %s semantic hit at similarity %.4f was another question's answer; that entry is no "
                         "longer served at or below it", kind, sample.similarity)
         if verdict.after != verdict.before:
-            say("cache: a partition's semantic threshold moves from %.4f to %.4f on %s verdict",
+            log.warning("cache: a partition's semantic threshold moves from %.4f to %.4f on %s verdict",
                         verdict.before, verdict.after, kind)
 
     async def _share(self, sample: Sample) -> None:
