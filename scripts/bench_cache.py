@@ -52,6 +52,7 @@ SEALED_V4 = ROOT / "tests" / "data" / "cache_pairs_sealed_v4.txt"
 SEALED_V5 = ROOT / "tests" / "data" / "cache_pairs_sealed_v5.txt"
 SEALED_V6 = ROOT / "tests" / "data" / "cache_pairs_sealed_v6.txt"
 SEALED_V7 = ROOT / "tests" / "data" / "cache_pairs_sealed_v7.txt"  # the headline
+RETYPED = ROOT / "tests" / "data" / "cache_retyped_sealed.txt"  # one question, and it as typed into a chat
 
 
 SIBLING_FLOOR = 0.65  # sibling questions are counted from this cosine up: the lowest threshold tabulated
@@ -417,6 +418,7 @@ def main() -> int:
     sets = {name: {c: Scored(embedders[c.precision], verifiers[(c.model, c.int8)], path) for c in checks}
             for name, path in (
         ("sealed v7 (cache_pairs_sealed_v7.txt)", SEALED_V7),
+        ("retyped questions, sealed (cache_retyped_sealed.txt)", RETYPED),
         ("sealed v6, seen (cache_pairs_sealed_v6.txt)", SEALED_V6),
         ("sealed v5, seen (cache_pairs_sealed_v5.txt)", SEALED_V5),
         ("sealed v4, seen (cache_pairs_sealed_v4.txt)", SEALED_V4),

@@ -152,6 +152,30 @@ def test_the_same_question_is_confirmed_without_the_model() -> None:
     assert v.score_sync([("user: Which invoices are unpaid?", "user: which invoices are unpaid")]).tolist() == [1.0]
 
 
+def test_a_greeting_or_thanks_around_a_question_is_the_same_question() -> None:
+    """Both pair models read "hi" or "thanks" around a question as another question; what stands at a user turn's
+    very start or end and no answer depends on is taken off first. Content words that look like greetings stay."""
+    from hybrid.cache.verifier import bare
+
+    question = "user: Which invoices are still unpaid?"
+    for typed in ("user: hey there, which invoices are still unpaid? cheers", "user: Hello Maria! Which invoices are "
+                  "still unpaid?", "user: Good evening all: which invoices are still unpaid? Thank you so much :)",
+                  "user: hi which invoices are still unpaid pls", "user: Evening! which invoices are still unpaid? "
+                  "Kind regards, Joe", "user: Sorry, which invoices are still unpaid? 👍"):
+        assert bare(typed) == bare(question), typed
+    assert bare("user: Morning shift: how many staff?") != bare("user: Evening shift: how many staff?")
+    assert bare("user: Which plan is best") == "user: which plan is best"  # "best" closes only as "Best, Name"
+    assert bare("user: Can I expense meta ads? ta") == "user: can i expense meta ads"  # "ta" only as a word
+    assert bare("user: thanks!") == "user: thanks"  # never the whole turn
+    assert bare("system: Hi, be brief.\nuser: hi, what is 2+2? thx") == "system: hi, be brief\nuser: what is 2+2"
+    # hostile input: runs of marks and repeated greetings are eaten in linear time (a regex that retried each start
+    # position of a 200,000-mark run would not return)
+    assert bare("user: " + "!" * 200_000 + "a") == "user: a"
+    assert bare("user: " + "hello, " * 100_000 + "q").endswith("hello, q")
+    v = PairVerifier(WEIGHTS)  # not loaded: the same question never reaches the model
+    assert v.score_sync([("user: Hi team, which invoices are still unpaid? Thanks!", question)]).tolist() == [1.0]
+
+
 def test_sibling_questions_are_other_questions_on_the_topic() -> None:
     """Training's free near-misses: texts of different questions that embed close; never two sides of a paraphrase,
     nor one question written twice, and at most ``per_text`` for each text."""

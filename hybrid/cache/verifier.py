@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import os
 import queue
 import threading
@@ -54,6 +55,61 @@ def plain(text: str) -> str:
     """A text as the verifier needs to tell it apart: what case, runs of white space and the closing marks change
     is the same question (the model reads lower case anyway)."""
     return " ".join(text.lower().split()).rstrip("?.! ")
+
+
+# what people put around a question in a chat, at its start or its end, and that no answer depends on. Both
+# verifiers read a greeting or a "thanks" as another question (none of their training pairs has one), so two texts
+# that are the same once these are taken off are confirmed without the model (:func:`bare`).
+_GREETING = r"(?:hi|hello|hey|hiya|heya|howdy|greetings|dear|good (?:morning|afternoon|evening|day))"
+_TIME_GREETING = r"(?:morning|afternoon|evening)"  # greetings only with an addressee or a mark: "morning shift, ..."
+_ADDRESSEE = r"(?:all|everyone|everybody|team|folks|guys|there|y'all)"
+_MARK = r"\s*[,!.:;\u2014\u2013-]+\s*"
+_OPENERS = (
+    re.compile(rf"^{_GREETING}(?:\s+{_GREETING})?(?:\s+[\w'-]+){{0,2}}{_MARK}"),  # "hi sam," "good morning hr team,"
+    re.compile(rf"^{_TIME_GREETING}(?:\s+{_ADDRESSEE})?{_MARK}"),  # "morning all!" "evening,"
+    re.compile(rf"^{_GREETING}(?:\s+{_ADDRESSEE})?\s+"),  # "hi how do i ..." "hey all can i ..."
+    re.compile(rf"^(?:quick (?:one|question)|sorry to bother you|sorry){_MARK}"),
+)
+_CLOSER = re.compile(
+    r"[\s,!.:;\u2014\u2013-](?:many thanks|thanks|thank you|thank u|thx|ty|ta|cheers|tia|much appreciated"
+    r"|appreciate (?:it|the help)|kind regards|regards|best wishes|best(?=\s*,\s*[\w'-]+$)|please|pls|plz)"
+    r"(?:\s+(?:a lot|a bunch|heaps|so much|very much|in advance|all))*(?:\s*,\s*[\w'-]+)?$")
+_CLOSER_SPAN = 120  # characters: a closer is looked for in the tail only (a turn may be megabytes long)
+_EDGE = re.compile(r"[\W_]*")  # marks and emoji, matched from one end (anchored: linear in what it eats)
+
+
+def _trim(text: str) -> str:
+    start = _EDGE.match(text).end()  # type: ignore[union-attr]  # (matches the empty string at worst)
+    end = len(text) - _EDGE.match(text[::-1]).end()  # type: ignore[union-attr]
+    return text[start:end] if end > start else ""
+
+
+def _bare_turn(content: str) -> str:
+    text = _trim(content)
+    for _ in range(3):  # "thanks so much :) cheers": closers one after another
+        head, tail = text[:-_CLOSER_SPAN], text[-_CLOSER_SPAN:]
+        found = _CLOSER.search(tail)
+        if found is None or not (head + tail[: found.start()]).strip():
+            break
+        text = _trim(head + tail[: found.start()])
+    for _ in range(3):  # "hi! quick one - ..."
+        for opener in _OPENERS:
+            found = opener.match(text)
+            if found is not None and text[found.end():].strip():
+                text = _trim(text[found.end():])
+                break
+        else:
+            break
+    return text
+
+
+def bare(text: str) -> str:
+    """:func:`plain`, and a user turn's greeting at its start and thanks or sign-off at its end taken off: "Hi Sam,
+    how do I rename a channel? Thanks, Priya" asks what "How do I rename a channel?" asks. Only what stands at the
+    very start or end of a turn, before or after a mark, goes: "Morning shift: how many staff?" keeps its
+    "morning"."""
+    lines = (plain(line) for line in text.split("\n"))
+    return "\n".join(f"user: {_bare_turn(line[6:])}" if line.startswith("user: ") else line for line in lines)
 
 
 def as_cached(question: str) -> str:
@@ -149,9 +205,10 @@ class PairVerifier:
         await self._submit(self.load)
 
     def score_sync(self, pairs: list[tuple[str, str]]) -> np.ndarray:
-        """Probabilities, one per (new, cached) pair; 1.0 without the model for the same text (:func:`plain`)."""
+        """Probabilities, one per (new, cached) pair; 1.0 without the model for the same question (:func:`plain`,
+        :func:`bare`)."""
         out = np.ones(len(pairs), dtype=np.float64)
-        todo = [i for i, (a, b) in enumerate(pairs) if plain(a) != plain(b)]
+        todo = [i for i, (a, b) in enumerate(pairs) if plain(a) != plain(b) and bare(a) != bare(b)]
         if todo:
             enc = encode_pairs(self.tokenizer, [pairs[i] for i in todo], "np")
             logits = self.encoder(enc) @ self.head_w + self.head_b
