@@ -96,7 +96,7 @@ class ResponseCache:
                     if not batch:
                         break
                     theirs = [sample for origin, sample in batch if origin != self.origin]
-                    for partition, (before, now) in self.audit.absorb(theirs).items():
+                    for before, now in self.audit.absorb(theirs).values():
                         log.info("cache: a partition's semantic threshold moves from %.4f to %.4f on other "
                                  "replicas' verdicts", before, now)
                     for sample in theirs:
