@@ -161,8 +161,8 @@ class CacheConfig:
     deterministic_only: bool = True  # cache only temperature 0 or seeded requests
     shared_models: list[str] = field(default_factory=list)  # models/tiers whose entries all tenants share
     embedder: str = "local"  # "local" (MiniLM on the CPU) or the name of an openai-kind backend
-    # the local embedder's matrix products: "float32", or "int8" (quantized at load: a query in about 1.8 ms instead
-    # of 4.4, vectors about 0.99 alike, so each precision has its own default thresholds)
+    # the local embedder's matrix products: "float32", or "int8" (quantized at load: a query in about 2-2.6 ms instead
+    # of 4.5-4.9, vectors about 0.99 alike, so each precision has its own default thresholds)
     embedder_precision: str = DEFAULT_PAIR[1]
     embedding_model: str = ""  # model id to ask an embeddings backend for
 

