@@ -165,6 +165,8 @@ def test_a_greeting_or_thanks_around_a_question_is_the_same_question() -> None:
         assert bare(typed) == bare(question), typed
     assert bare("user: Morning shift: how many staff?") != bare("user: Evening shift: how many staff?")
     assert bare("user: Which plan is best") == "user: which plan is best"  # "best" closes only as "Best, Name"
+    assert bare("user: Dear diary apps compared, which is best?") == "user: dear diary apps compared, which is best"
+    assert bare("user: dear diary which app") == "user: dear diary which app"  # "dear" goes only before a mark
     assert bare("user: Can I expense meta ads? ta") == "user: can i expense meta ads"  # "ta" only as a word
     assert bare("user: thanks!") == "user: thanks"  # never the whole turn
     assert bare("system: Hi, be brief.\nuser: hi, what is 2+2? thx") == "system: hi, be brief\nuser: what is 2+2"

@@ -67,7 +67,7 @@ _MARK = r"\s*[,!.:;\u2014\u2013-]+\s*"
 _OPENERS = (
     re.compile(rf"^{_GREETING}(?:\s+{_GREETING})?(?:\s+[\w'-]+){{0,2}}{_MARK}"),  # "hi sam," "good morning hr team,"
     re.compile(rf"^{_TIME_GREETING}(?:\s+{_ADDRESSEE})?{_MARK}"),  # "morning all!" "evening,"
-    re.compile(rf"^{_GREETING}(?:\s+{_ADDRESSEE})?\s+"),  # "hi how do i ..." "hey all can i ..."
+    re.compile(rf"^(?:hi|hello|hey|hiya|heya)(?:\s+{_ADDRESSEE})?\s+"),  # "hi how do i ..." "hey all can i ..."
     re.compile(rf"^(?:quick (?:one|question)|sorry to bother you|sorry){_MARK}"),
 )
 _CLOSER = re.compile(
@@ -106,8 +106,8 @@ def _bare_turn(content: str) -> str:
 def bare(text: str) -> str:
     """:func:`plain`, and a user turn's greeting at its start and thanks or sign-off at its end taken off: "Hi Sam,
     how do I rename a channel? Thanks, Priya" asks what "How do I rename a channel?" asks. Only what stands at the
-    very start or end of a turn, before or after a mark, goes: "Morning shift: how many staff?" keeps its
-    "morning"."""
+    very start or end of a turn goes, set off by a mark ("Morning shift: how many staff?" keeps its "morning"), or
+    for "hi", "hello" and "hey" by a space ("hi how do I ..."; "dear" and "good day" need the mark)."""
     lines = (plain(line) for line in text.split("\n"))
     return "\n".join(f"user: {_bare_turn(line[6:])}" if line.startswith("user: ") else line for line in lines)
 
