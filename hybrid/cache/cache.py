@@ -224,31 +224,33 @@ class ResponseCache:
                 if self.audit.sampled():
                     found.shadow = (entry, similarity)
                 break
-            confirmed = None
-            if self.verifier is None:
-                why = disagreement(found.text, entry.text)  # without the verifier, the word-list guard decides
-                if why is not None:
-                    CACHE_GUARD_REJECTIONS.labels(why).inc()
-                    continue
-            else:
-                # (the guard is not asked: in front of the verifier it refused 13% of the paraphrases the verifier
-                # confirmed, on pairs neither was fitted to, and caught 2 of 261 near-misses: docs/design.md)
+            if self.verifier is not None:
                 if checked == VERIFIED_CANDIDATES:
                     break
                 checked += 1
-                # one pair per forward pass: int8 quantizes activations per batch, so a pair scored beside another
-                # could get another verdict; the most similar confirmed candidate wins
-                try:
-                    confirmed = (await self.verifier.scores(found.text, [entry.text]))[0]
-                except Exception as exc:
-                    log.warning("cache: the verifier failed (%s); treating as a miss", exc)
-                    CACHE_ERRORS.labels("verifier").inc()
-                    return
-                if confirmed < self.cfg.verifier_threshold:
-                    CACHE_GUARD_REJECTIONS.labels("verifier").inc()
-                    continue
+            try:
+                confirmed, refused = await self._check(found.text, entry)
+            except Exception as exc:
+                log.warning("cache: the verifier failed (%s); treating as a miss", exc)
+                CACHE_ERRORS.labels("verifier").inc()
+                return
+            if refused is not None:
+                CACHE_GUARD_REJECTIONS.labels(refused).inc()
+                continue
+            # the most similar confirmed candidate wins
             found.status, found.entry, found.similarity, found.confirmed = "hit-semantic", entry, similarity, confirmed
             return
+
+    async def _check(self, text: str, entry: CacheEntry) -> tuple[float | None, str | None]:
+        """The configured check of a similar enough candidate: (the verifier's probability, None when it confirms or
+        "verifier" when not); without a verifier the word-list guard decides: (None, its reason to refuse or None)."""
+        if self.verifier is None:
+            return None, disagreement(text, entry.text)
+        # (the guard is not asked: in front of the verifier it refused 13% of the paraphrases the verifier confirmed,
+        # on pairs neither was fitted to, and caught 2 of 261 near-misses: docs/design.md). One pair per forward
+        # pass: int8 quantizes activations per batch, so a pair scored beside another could get another verdict.
+        confirmed = (await self.verifier.scores(text, [entry.text]))[0]
+        return confirmed, None if confirmed >= self.cfg.verifier_threshold else "verifier"
 
     # ------------------------------------------------------------------------------------------ store
 
@@ -268,8 +270,7 @@ class ResponseCache:
         assert found.entry is not None and found.similarity is not None
         same = await self._agree(found.entry.answer, live)
         if not same and found.policy.write and _complete(live):  # (stored first: once the verdict shows, it is fixed)
-            await self._store(req, CacheLookup("miss", found.policy, found.key, found.partition, found.text,
-                                               found.vector), live)
+            await self._store(req, found, live)  # under the request's own key, not the entry's
         sample = Sample(found.partition, found.entry.key, found.similarity, not same)
         verdict = self.audit.record(sample)
         self._note(verdict, sample, "audit")
@@ -281,10 +282,7 @@ class ResponseCache:
         (the verifier, or without one the guard) would have served is a sample."""
         entry, similarity = candidate
         try:
-            if self.verifier is not None:
-                if (await self.verifier.scores(found.text, [entry.text]))[0] < self.cfg.verifier_threshold:
-                    return
-            elif disagreement(found.text, entry.text) is not None:
+            if (await self._check(found.text, entry))[1] is not None:
                 return
             sample = Sample(found.partition, entry.key, similarity, not await self._agree(entry.answer, live))
             self._note(self.audit.record(sample, shadow=True), sample, "shadow")
