@@ -172,10 +172,11 @@ def quality(sc: Scored, cfg: CacheConfig, name: str) -> list[str]:
     for t in sorted({0.65, 0.70, 0.75, 0.80, 0.85, 0.90, 0.95, cfg.similarity_threshold}):
         para, neg = sc.rates(sc.hits(t, cfg.verifier_threshold))
         g_para, g_neg = sc.rates(sc.hits(t, None))
-        raw = (sc.sims >= t)[~sc.para].mean()
+        near = (sc.sims >= t)[~sc.para]
+        raw = f"{near.mean():.1%}" if near.size else "-"  # (a set of paraphrases only has no near-misses)
         mark = " (default)" if t == cfg.similarity_threshold else ""
         sib = sc.sibling_rate(t, cfg.verifier_threshold)
-        out.append(f"| {t:.2f}{mark} | {para} | {neg} | {sib} | {g_para} | {g_neg} | {raw:.1%} |")
+        out.append(f"| {t:.2f}{mark} | {para} | {neg} | {sib} | {g_para} | {g_neg} | {raw} |")
     out += ["", "By kind at the defaults (share that hits; for near-misses every hit is a wrong answer):", "",
             "| kind | pairs | hit | guard alone at 0.90 | median cosine |", "| --- | ---: | ---: | ---: | ---: |"]
     hit = sc.hits(cfg.similarity_threshold, cfg.verifier_threshold)
