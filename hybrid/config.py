@@ -118,11 +118,13 @@ class LimitsConfig:
 UNVERIFIED_SIMILARITY = 0.90  # the default cache.similarity_threshold when cache.verifier = "off"
 PAIR_MODELS = ("minilm", "mpnet")  # cache.verifier_model
 EMBEDDER_PRECISIONS = ("float32", "int8")  # cache.embedder_precision
-# (pair model, query embedder's precision) -> the default (similarity_threshold, verifier_threshold), each chosen for
-# its pair by one rule: MiniLM's on the sealed sets v1-v6 pooled (commit be3e94e), mpnet's on sealed v7 (commit ef20f87:
-# its pair model trains on v1-v6): README "Response cache" says how
-VERIFIER_THRESHOLDS = {("minilm", "float32"): (0.70, 0.98), ("minilm", "int8"): (0.65, 0.98),
-                       ("mpnet", "float32"): (0.75, 0.80), ("mpnet", "int8"): (0.75, 0.80)}
+# (pair model, query embedder's precision) -> the default (similarity_threshold, verifier_threshold,
+# close_similarity, close_verifier_threshold), each chosen for its pair by one rule: MiniLM's on the sealed sets v1-v6
+# pooled (commit be3e94e), mpnet's behind the float32 embedder on sealed v7 (commit ef20f87: its pair model trains on
+# v1-v6), the default's on v7 and v8 pooled (commit 060b11c); a single band where close_* repeat the first two.
+# README "Response cache" says how
+VERIFIER_THRESHOLDS = {("minilm", "float32"): (0.70, 0.98, 0.70, 0.98), ("minilm", "int8"): (0.65, 0.98, 0.65, 0.98),
+                       ("mpnet", "float32"): (0.75, 0.80, 0.75, 0.80), ("mpnet", "int8"): (0.70, 0.99, 0.80, 0.95)}
 # the default: the candidate with the most paraphrases on v1-v6 whose lookup p99 stayed under 15 ms (commit be3e94e);
 # its pair model retrained on the seen sets as well, which hit more of v7's paraphrases (commit ef20f87)
 DEFAULT_PAIR = ("mpnet", "int8")
@@ -140,11 +142,12 @@ class CacheConfig:
     # another question's answer for 3 of 158 near-misses (target <= 1%) and hit 62.8% of paraphrases (target >= 80%)
     # (scripts/bench_cache.py, README); exact caching stays on.
     semantic: bool = False
-    # candidates: entries at least this similar (cosine of MiniLM embeddings). With the verifier, this and
-    # verifier_threshold are the pair with the most paraphrases among those whose near-misses stayed <= 1% and
-    # whose sibling questions (other questions on the topic) stayed <= 2% on sealed sets the pair model never
-    # trained on (a rule fixed before the figures were seen: README "Response cache"); unless set,
-    # VERIFIER_THRESHOLDS[(verifier_model, embedder_precision)] and, with verifier = "off", UNVERIFIED_SIMILARITY
+    # candidates: entries at least this similar (cosine of MiniLM embeddings); the error budget raises it per
+    # partition. With the verifier, the four thresholds are those with the most paraphrases among those whose
+    # near-misses stayed <= 1% and whose sibling questions (other questions on the topic) stayed <= 2% on sealed sets
+    # the pair model never trained on (a rule fixed before the figures were seen: README "Response cache"); unless
+    # set, VERIFIER_THRESHOLDS[(verifier_model, embedder_precision)] and, with verifier = "off",
+    # UNVERIFIED_SIMILARITY
     similarity_threshold: float = VERIFIER_THRESHOLDS[DEFAULT_PAIR][0]
     # a candidate is served only when the verifier confirms it: "cross-encoder" (a bundled pair model,
     # hybrid/cache/verifier.py), "cross-encoder-int8" (the same, quantized at load: a third of the time a check,
@@ -153,8 +156,13 @@ class CacheConfig:
     # the pair model: "mpnet" (the first 6 layers of all-mpnet-base-v2, about 6.4 ms a check in int8) or "minilm"
     # (all-MiniLM-L6-v2, about 2.7 ms, a 404 MB smaller download: fewer paraphrases at the same near-misses)
     verifier_model: str = DEFAULT_PAIR[0]
-    # the verifier's probability that one answer serves both questions
+    # the verifier's probability that one answer serves both questions, needed to serve a candidate...
     verifier_threshold: float = VERIFIER_THRESHOLDS[DEFAULT_PAIR][1]
+    # ...unless it is at least close_similarity alike: then close_verifier_threshold is enough (<= verifier_threshold:
+    # the verifier is surest of the wrong candidates that are far apart; close ones need it less sure). Unset, and
+    # similarity_threshold and verifier_threshold unset too, the pair's; otherwise the same as those two (one band)
+    close_similarity: float = VERIFIER_THRESHOLDS[DEFAULT_PAIR][2]
+    close_verifier_threshold: float = VERIFIER_THRESHOLDS[DEFAULT_PAIR][3]
     # the wrong-hit rate allowed: a sampled share of semantic hits is answered live too and compared (and of the
     # misses a raised threshold caused, judged against the client's answer); each partition's threshold is the
     # lowest whose sampled wrong share is within this, and a wrong hit closes its entry (0: no audits)
@@ -167,6 +175,10 @@ class CacheConfig:
     # of 4.5-4.9, vectors about 0.99 alike, so each precision has its own default thresholds)
     embedder_precision: str = DEFAULT_PAIR[1]
     embedding_model: str = ""  # model id to ask an embeddings backend for
+
+    def verifier_bar(self, similarity: float) -> float:
+        """The verifier's probability a candidate this similar needs to be served."""
+        return self.close_verifier_threshold if similarity >= self.close_similarity else self.verifier_threshold
 
 
 @dataclass
@@ -279,14 +291,19 @@ def load_config(path: str | Path | None) -> Config:
 
 
 def _default_thresholds(cache: CacheConfig, given: dict[str, Any]) -> CacheConfig:
-    """The thresholds the user did not set: the chosen pair model's, and with no verifier the guard's higher one."""
-    similarity, verify = VERIFIER_THRESHOLDS[(cache.verifier_model, cache.embedder_precision)]
+    """The thresholds the user did not set: the chosen pair model's, and with no verifier the guard's higher one. A
+    user who sets either of the main pair but neither close_* gets one band: exactly the thresholds they set."""
+    similarity, verify, close, close_verify = VERIFIER_THRESHOLDS[(cache.verifier_model, cache.embedder_precision)]
     if cache.verifier == "off":
         similarity = UNVERIFIED_SIMILARITY  # the guard alone needs a higher one than a verifier's candidates
+    similarity = cache.similarity_threshold if "similarity_threshold" in given else similarity
+    verify = cache.verifier_threshold if "verifier_threshold" in given else verify
+    if "similarity_threshold" in given or "verifier_threshold" in given:
+        close, close_verify = similarity, verify
     return dataclasses.replace(
-        cache,
-        similarity_threshold=cache.similarity_threshold if "similarity_threshold" in given else similarity,
-        verifier_threshold=cache.verifier_threshold if "verifier_threshold" in given else verify)
+        cache, similarity_threshold=similarity, verifier_threshold=verify,
+        close_similarity=cache.close_similarity if "close_similarity" in given else close,
+        close_verifier_threshold=cache.close_verifier_threshold if "close_verifier_threshold" in given else close_verify)
 
 
 def parse_config(raw: dict[str, Any]) -> Config:
@@ -380,6 +397,11 @@ def parse_config(raw: dict[str, Any]) -> Config:
                           f"(got {cache.verifier!r})")
     if not 0.0 <= cache.verifier_threshold < 1.0:
         raise ConfigError("cache.verifier_threshold: must be in [0, 1)")
+    if not 0.0 < cache.close_similarity <= 1.0:
+        raise ConfigError("cache.close_similarity: must be in (0, 1]")
+    if not 0.0 <= cache.close_verifier_threshold <= cache.verifier_threshold:
+        raise ConfigError(f"cache.close_verifier_threshold: must be in [0, verifier_threshold = "
+                          f"{cache.verifier_threshold}] (a closer candidate never needs a surer verifier)")
     if not 0.0 <= cache.semantic_error_budget < 1.0:
         raise ConfigError("cache.semantic_error_budget: must be in [0, 1)")
     if not 0.0 <= cache.semantic_audit_rate <= 1.0:

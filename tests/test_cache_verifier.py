@@ -259,7 +259,9 @@ def test_the_configured_pair_model_is_the_one_the_cache_loads(tmp_path: Path, mo
     try:
         assert cache is not None and cache.verifier is not None
         assert cache.verifier.weights == WEIGHTS_BY_MODEL[model] and cache.verifier.int8
-        assert (cache.cfg.similarity_threshold, cache.cfg.verifier_threshold) == VERIFIER_THRESHOLDS[(model, precision)]
+        c = cache.cfg
+        thresholds = (c.similarity_threshold, c.verifier_threshold, c.close_similarity, c.close_verifier_threshold)
+        assert thresholds == VERIFIER_THRESHOLDS[(model, precision)]
         assert cache.embedder is not None and cache.embedder.name.endswith("-int8") == (precision == "int8")
     finally:
         if cache is not None:
@@ -286,3 +288,53 @@ def test_training_never_reads_a_set_that_is_still_sealed() -> None:
         texts = {t for _, a, b in load_pairs(data / sealed) for t in (a, b)}
         assert not texts & trained, sealed
     assert not {b for _, _, b in load_pairs(data / "cache_retyped_sealed.txt")} & trained
+
+
+def test_a_less_similar_candidate_needs_a_surer_verifier(tmp_path: Path) -> None:
+    """Two bands: a candidate at least cache.close_similarity alike is served once the verifier reaches
+    close_verifier_threshold; a less similar one needs verifier_threshold. With the real models, the bars are set
+    around the real pair's own similarity and probability (a tuning-set paraphrase)."""
+    import dataclasses
+
+    from hybrid.cache.cache import build_cache
+    from hybrid.config import parse_config
+    from hybrid.protocol import parse_chat_request
+
+    config = parse_config({"backends": [{"name": "a", "kind": "llamacpp", "model": "m.gguf"}], "cache": {
+        "semantic": True, "path": str(tmp_path / "c.sqlite3")}})
+    cache = build_cache(config)
+    assert cache is not None
+    answer = {"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "Use the portal."}, "finish_reason": "stop"}]}
+
+    def ask(text: str):  # type: ignore[no-untyped-def]
+        return parse_chat_request({"model": "m", "messages": [{"role": "user", "content": text}], "temperature": 0})
+
+    async def run() -> list[tuple[str, str | None]]:
+        await cache.start()
+        assert cache._loading is not None
+        await cache._loading
+        first = ask("How do I reset my password?")
+        miss = await cache.lookup(first, "t", None, None)
+        assert miss.status == "miss"
+        cache.store_answer(first, miss, answer)
+        await asyncio.gather(*cache._pending)
+        again = ask("How can I reset my password?")
+        base = cache.cfg
+        cache.cfg = dataclasses.replace(base, verifier_threshold=0.0, close_verifier_threshold=0.0)
+        seen = await cache.lookup(again, "t", None, None)  # every bar at 0: the pair's own figures
+        assert seen.status == "hit-semantic" and seen.similarity is not None and seen.confirmed is not None
+        s, p = seen.similarity, seen.confirmed
+        assert base.similarity_threshold <= s < 1.0 and 0.0 < p < 1.0
+        out = []
+        for close in (s - 0.01, s + 0.001):  # the candidate in the close band, then just below it
+            cache.cfg = dataclasses.replace(base, close_similarity=close, verifier_threshold=(p + 1) / 2,
+                                            close_verifier_threshold=p / 2)
+            found = await cache.lookup(again, "t", None, None)
+            out.append((found.status, found.headers.get("x-hybrid-cache-verifier")))
+        await cache.close()
+        return out
+
+    (close_status, close_p), (far_status, far_p) = asyncio.run(run())
+    assert close_status == "hit-semantic" and close_p is not None
+    assert far_status == "miss" and far_p is None

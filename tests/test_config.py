@@ -54,7 +54,8 @@ def test_semantic_caching_is_opt_in_while_its_sealed_figures_miss_the_targets() 
     cfg = default_config().cache
     assert cfg.semantic is False
     assert (cfg.verifier, cfg.verifier_model, cfg.embedder_precision) == ("cross-encoder-int8", "mpnet", "int8")
-    assert (cfg.similarity_threshold, cfg.verifier_threshold) == (0.75, 0.80)
+    assert (cfg.similarity_threshold, cfg.verifier_threshold) == (0.70, 0.99)
+    assert (cfg.close_similarity, cfg.close_verifier_threshold) == (0.80, 0.95)
     assert parse_config({"backends": [{"name": "a", "kind": "llamacpp", "model": "m.gguf"}]}).cache.semantic is False
 
 
@@ -70,23 +71,33 @@ def test_without_the_verifier_the_default_similarity_threshold_is_the_guards() -
 
 def test_each_pair_model_brings_its_own_default_thresholds() -> None:
     """The thresholds were chosen for each verifier model and embedder precision; a threshold the user sets is kept
-    whichever they are."""
+    whichever they are, and setting either of the main two without the close band's makes one band of them."""
     backends = [{"name": "a", "kind": "llamacpp", "model": "m.gguf"}]
+
+    def thresholds(cache: dict[str, object]) -> tuple[float, ...]:
+        c = parse_config({"backends": backends, "cache": cache}).cache
+        return c.similarity_threshold, c.verifier_threshold, c.close_similarity, c.close_verifier_threshold
+
     for model, precision in VERIFIER_THRESHOLDS:
-        chosen = parse_config({"backends": backends, "cache": {"verifier_model": model,
-                                                               "embedder_precision": precision}}).cache
-        assert (chosen.similarity_threshold, chosen.verifier_threshold) == VERIFIER_THRESHOLDS[(model, precision)]
-    assert VERIFIER_THRESHOLDS[("mpnet", "int8")] == (0.75, 0.80) != VERIFIER_THRESHOLDS[("minilm", "int8")]
-    kept = parse_config({"backends": backends, "cache": {"verifier_model": "mpnet", "verifier_threshold": 0.99,
-                                                         "embedder_precision": "int8"}}).cache
-    assert (kept.similarity_threshold, kept.verifier_threshold) == (0.75, 0.99)
-    unverified = parse_config({"backends": backends, "cache": {"verifier_model": "mpnet", "verifier": "off"}}).cache
-    assert unverified.similarity_threshold == 0.90
+        assert thresholds({"verifier_model": model, "embedder_precision": precision}) == VERIFIER_THRESHOLDS[
+            (model, precision)]
+    assert VERIFIER_THRESHOLDS[("mpnet", "int8")] == (0.70, 0.99, 0.80, 0.95) != VERIFIER_THRESHOLDS[("minilm", "int8")]
+    assert thresholds({"verifier_threshold": 0.97}) == (0.70, 0.97, 0.70, 0.97)
+    assert thresholds({"similarity_threshold": 0.85}) == (0.85, 0.99, 0.85, 0.99)
+    assert thresholds({"close_verifier_threshold": 0.9}) == (0.70, 0.99, 0.80, 0.9)
+    assert thresholds({"verifier_threshold": 0.97, "close_similarity": 0.9, "close_verifier_threshold": 0.5}) == (
+        0.70, 0.97, 0.9, 0.5)
+    assert thresholds({"verifier_model": "mpnet", "verifier": "off"})[0] == 0.90
+    bars = parse_config({"backends": backends}).cache
+    assert [bars.verifier_bar(s) for s in (0.70, 0.7999, 0.80, 1.0)] == [0.99, 0.99, 0.95, 0.95]
 
 
 @pytest.mark.parametrize(("cache", "message"), [
     ({"verifier": "nli"}, "cache.verifier: must be 'cross-encoder', 'cross-encoder-int8' or 'off' (got 'nli')"),
     ({"verifier_threshold": 1.0}, "cache.verifier_threshold: must be in [0, 1)"),
+    ({"close_similarity": 0}, "cache.close_similarity: must be in (0, 1]"),
+    ({"verifier_threshold": 0.9, "close_verifier_threshold": 0.95}, "cache.close_verifier_threshold: must be in "
+     "[0, verifier_threshold = 0.9] (a closer candidate never needs a surer verifier)"),
     ({"verifier_model": "bert"}, "cache.verifier_model: must be one of minilm, mpnet (got 'bert')"),
     ({"embedder_precision": "fp16"}, "cache.embedder_precision: must be one of float32, int8 (got 'fp16')"),
 ])

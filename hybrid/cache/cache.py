@@ -229,7 +229,7 @@ class ResponseCache:
                     break
                 checked += 1
             try:
-                confirmed, refused = await self._check(found.text, entry)
+                confirmed, refused = await self._check(found.text, entry, similarity)
             except Exception as exc:
                 log.warning("cache: the verifier failed (%s); treating as a miss", exc)
                 CACHE_ERRORS.labels("verifier").inc()
@@ -241,16 +241,17 @@ class ResponseCache:
             found.status, found.entry, found.similarity, found.confirmed = "hit-semantic", entry, similarity, confirmed
             return
 
-    async def _check(self, text: str, entry: CacheEntry) -> tuple[float | None, str | None]:
-        """The configured check of a similar enough candidate: (the verifier's probability, None when it confirms or
-        "verifier" when not); without a verifier the word-list guard decides: (None, its reason to refuse or None)."""
+    async def _check(self, text: str, entry: CacheEntry, similarity: float) -> tuple[float | None, str | None]:
+        """The configured check of a similar enough candidate: (the verifier's probability, None when it reaches the
+        bar for this similarity or "verifier" when not); without a verifier the word-list guard decides: (None, its
+        reason to refuse or None)."""
         if self.verifier is None:
             return None, disagreement(text, entry.text)
         # (the guard is not asked: in front of the verifier it refused 13% of the paraphrases the verifier confirmed,
         # on pairs neither was fitted to, and caught 2 of 261 near-misses: docs/design.md). One pair per forward
         # pass: int8 quantizes activations per batch, so a pair scored beside another could get another verdict.
         confirmed = (await self.verifier.scores(text, [entry.text]))[0]
-        return confirmed, None if confirmed >= self.cfg.verifier_threshold else "verifier"
+        return confirmed, None if confirmed >= self.cfg.verifier_bar(similarity) else "verifier"
 
     # ------------------------------------------------------------------------------------------ store
 
@@ -282,7 +283,7 @@ class ResponseCache:
         (the verifier, or without one the guard) would have served is a sample."""
         entry, similarity = candidate
         try:
-            if (await self._check(found.text, entry))[1] is not None:
+            if (await self._check(found.text, entry, similarity))[1] is not None:
                 return
             sample = Sample(found.partition, entry.key, similarity, not await self._agree(entry.answer, live))
             self._note(self.audit.record(sample, shadow=True), sample, "shadow")
