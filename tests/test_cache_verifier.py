@@ -284,7 +284,8 @@ def test_training_never_reads_a_set_that_is_still_sealed() -> None:
     trained = {t for _, a, b in with_seen for t in (a, b)}
     data = Path(__file__).parent / "data"
     assert {a for _, a, _ in load_pairs(data / "cache_pairs_sealed_v6.txt")} <= trained
-    for sealed in ("cache_pairs_sealed_v7.txt", "cache_pairs_sealed_v8.txt", "cache_pairs_sealed_v9.txt"):
+    for sealed in ("cache_pairs_sealed_v7.txt", "cache_pairs_sealed_v8.txt", "cache_pairs_sealed_v9.txt",
+                   "cache_pairs_sealed_v10.txt"):
         texts = {t for _, a, b in load_pairs(data / sealed) for t in (a, b)}
         assert not texts & trained, sealed
     assert not {b for _, _, b in load_pairs(data / "cache_retyped_sealed.txt")} & trained
