@@ -159,8 +159,9 @@ class CacheConfig:
     # the verifier's probability that one answer serves both questions, needed to serve a candidate...
     verifier_threshold: float = VERIFIER_THRESHOLDS[DEFAULT_PAIR][1]
     # ...unless it is at least close_similarity alike: then close_verifier_threshold is enough (<= verifier_threshold:
-    # the verifier is surest of the wrong candidates that are far apart; close ones need it less sure). Unset, and
-    # similarity_threshold and verifier_threshold unset too, the pair's; otherwise the same as those two (one band)
+    # further apart, other questions on the topic crowd in, and only the verifier's surest verdicts are right often
+    # enough). Unset, and similarity_threshold and verifier_threshold unset too, the pair's; otherwise the same as
+    # those two (one band)
     close_similarity: float = VERIFIER_THRESHOLDS[DEFAULT_PAIR][2]
     close_verifier_threshold: float = VERIFIER_THRESHOLDS[DEFAULT_PAIR][3]
     # the wrong-hit rate allowed: a sampled share of semantic hits is answered live too and compared (and of the
