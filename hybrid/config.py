@@ -304,7 +304,8 @@ def _default_thresholds(cache: CacheConfig, given: dict[str, Any]) -> CacheConfi
     return dataclasses.replace(
         cache, similarity_threshold=similarity, verifier_threshold=verify,
         close_similarity=cache.close_similarity if "close_similarity" in given else close,
-        close_verifier_threshold=cache.close_verifier_threshold if "close_verifier_threshold" in given else close_verify)
+        close_verifier_threshold=(cache.close_verifier_threshold if "close_verifier_threshold" in given
+                                  else close_verify))
 
 
 def parse_config(raw: dict[str, Any]) -> Config:

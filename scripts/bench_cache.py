@@ -4,13 +4,14 @@ and semantic lookup latency with 100,000 entries.
 
 1. Quality: every pair of the sealed set tests/data/cache_pairs_sealed_v9.txt (the headline: written before the
    candidates were compared, read once to report them), of sealed v8 and v7 (each read once, then the default's
-   thresholds were chosen on them pooled, and the mpnet pair model's behind the float32 embedder on v7), of the older sealed sets v6-v1 (seen: MiniLM's thresholds were chosen on them, and
-   the mpnet pair model trains on them: in-sample for it), of the tuning set tests/data/cache_pairs.txt and of the
-   verifier's own training pairs (both in-sample) is embedded as the cache embeds a conversation; a pair "hits" when
-   the cosine reaches the threshold and the verifier confirms it (or, with the verifier off, the guard lets it
-   through) at the bar for that cosine (a closer pair may need a less sure verifier). Each candidate (pair model,
-   its precision, the query embedder's precision) is measured at its default thresholds. Targets at the defaults: >= 80% of paraphrases hit, <= 1% of near-misses hit. Then the online error
-   budget, simulated on the sealed pairs.
+   thresholds were chosen on them pooled, and the mpnet pair model's behind the float32 embedder on v7), of the
+   older sealed sets v6-v1 (seen: MiniLM's thresholds were chosen on them, and the mpnet pair model trains on them:
+   in-sample for it), of the tuning set tests/data/cache_pairs.txt and of the verifier's own training pairs (both
+   in-sample) is embedded as the cache embeds a conversation; a pair "hits" when the cosine reaches the threshold
+   and the verifier confirms it (or, with the verifier off, the guard lets it through) at the bar for that cosine
+   (a closer pair may need a less sure verifier). Each candidate (pair model, its precision, the query embedder's
+   precision) is measured at its default thresholds. Targets at the defaults: >= 80% of paraphrases hit, <= 1% of
+   near-misses hit. Then the online error budget, simulated on the sealed pairs.
 2. Exact hits end to end: wrk against a router whose upstream is nginx answering instantly, in the same run:
    nginx direct, a pass-through miss (Cache-Control: no-store) and an exact hit. Target: hit p99 <= 2 ms at
    10 connections.
@@ -170,9 +171,10 @@ def headline(sets: dict[str, dict[Candidate, Scored]], cfg: CacheConfig, checks:
             "sibling questions hit | retyped hit |"), "| --- | ---: | --- | ---: | ---: | ---: | ---: |"]
     for n, (label, by_verifier) in enumerate(sets.items()):
         default = by_verifier[checks[0]]
+        configs = [c.config(cfg) for c in checks]
         rows: list[tuple[str, Scored, float, CacheConfig | None]] = [
-            (c.label + (" (default)" if i == 0 else ""), by_verifier[c], c.config(cfg).similarity_threshold,
-             c.config(cfg)) for i, c in enumerate(checks)]
+            (c.label + (" (default)" if i == 0 else ""), by_verifier[c], own.similarity_threshold, own)
+            for i, (c, own) in enumerate(zip(checks, configs))]
         rows.append(("guard alone, at 0.90", default, 0.90, None))
         for i, (check, scored, t, v) in enumerate(rows):
             para, neg = scored.rates(scored.hits(t, v))
