@@ -55,8 +55,8 @@ def test_semantic_caching_is_opt_in_while_its_sealed_figures_miss_the_targets() 
     cfg = default_config().cache
     assert cfg.semantic is False
     assert (cfg.verifier, cfg.verifier_model, cfg.embedder_precision) == ("cross-encoder-int8", "mpnet", "int8")
-    assert (cfg.similarity_threshold, cfg.verifier_threshold) == (0.70, 0.99)
-    assert (cfg.close_similarity, cfg.close_verifier_threshold) == (0.80, 0.95)
+    assert (cfg.similarity_threshold, cfg.verifier_threshold) == (0.65, 0.99)
+    assert (cfg.close_similarity, cfg.close_verifier_threshold) == (0.70, 0.95)
     assert parse_config({"backends": [{"name": "a", "kind": "llamacpp", "model": "m.gguf"}]}).cache.semantic is False
 
 
@@ -82,15 +82,15 @@ def test_each_pair_model_brings_its_own_default_thresholds() -> None:
     for model, precision in VERIFIER_THRESHOLDS:
         assert thresholds({"verifier_model": model, "embedder_precision": precision}) == VERIFIER_THRESHOLDS[
             (model, precision)]
-    assert VERIFIER_THRESHOLDS[("mpnet", "int8")] == (0.70, 0.99, 0.80, 0.95) != VERIFIER_THRESHOLDS[("minilm", "int8")]
-    assert thresholds({"verifier_threshold": 0.97}) == (0.70, 0.97, 0.70, 0.97)
+    assert VERIFIER_THRESHOLDS[("mpnet", "int8")] == (0.65, 0.99, 0.70, 0.95) != VERIFIER_THRESHOLDS[("minilm", "int8")]
+    assert thresholds({"verifier_threshold": 0.97}) == (0.65, 0.97, 0.65, 0.97)
     assert thresholds({"similarity_threshold": 0.85}) == (0.85, 0.99, 0.85, 0.99)
-    assert thresholds({"close_verifier_threshold": 0.9}) == (0.70, 0.99, 0.80, 0.9)
+    assert thresholds({"close_verifier_threshold": 0.9}) == (0.65, 0.99, 0.70, 0.9)
     assert thresholds({"verifier_threshold": 0.97, "close_similarity": 0.9, "close_verifier_threshold": 0.5}) == (
-        0.70, 0.97, 0.9, 0.5)
+        0.65, 0.97, 0.9, 0.5)
     assert thresholds({"verifier_model": "mpnet", "verifier": "off"})[0] == 0.90
     bars = parse_config({"backends": backends}).cache
-    assert [bars.verifier_bar(s) for s in (0.70, 0.7999, 0.80, 1.0)] == [0.99, 0.99, 0.95, 0.95]
+    assert [bars.verifier_bar(s) for s in (0.65, 0.6999, 0.70, 1.0)] == [0.99, 0.99, 0.95, 0.95]
 
 
 @pytest.mark.parametrize(("cache", "message"), [
