@@ -428,6 +428,9 @@ def main() -> int:
 
     cfg = CacheConfig()
     checks = candidates(cfg)
+    lowest = min(c.config(cfg).similarity_threshold for c in checks)
+    if lowest < SIBLING_FLOOR:  # siblings below the floor are never scored: a lower threshold's would go uncounted
+        ap.error(f"a candidate's similarity threshold ({lowest}) is below SIBLING_FLOOR ({SIBLING_FLOOR}): lower it")
     embedders = {p: LocalMiniLM(int8=p == "int8") for p in sorted({c.precision for c in checks})}
     verifiers = {(c.model, c.int8): PairVerifier(WEIGHTS_BY_MODEL[c.model], int8=c.int8) for c in checks}
     for embedder in embedders.values():
