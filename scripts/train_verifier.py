@@ -15,8 +15,9 @@ never read here: scripts/bench_cache.py measures them.
         --out hybrid/cache/data/verifier_mpnet.npz
 
 A MiniLM training took about seven and a half minutes on what turned out to be one core (loading the embedder for
-sibling questions set torch to one thread; training now keeps both); the mpnet one with --seen-sets (3,768 pairs
-and 5,011 sibling pairs) takes about 55 minutes on two. --cv trains k more times on (k-1)/k of it.
+sibling questions set torch to one thread; training now keeps both); the mpnet one with --seen-sets and
+--sibling-cosine 0.45 (4,073 pairs and 6,782 sibling pairs) takes about 67 minutes on two. --cv trains k more times
+on (k-1)/k of it.
 """
 
 from __future__ import annotations
