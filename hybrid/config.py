@@ -139,8 +139,8 @@ class CacheConfig:
     redis_prefix: str = "hybrid:cache:"
     ttl_s: float = 86400.0
     max_entries: int = 100_000  # sqlite: least recently used entries beyond this are evicted
-    # opt-in: on pairs it was never tuned on (tests/data/cache_pairs_sealed_v10.txt), the semantic layer served
-    # another question's answer for none of 132 near-misses (target <= 1%) but hit only 53.8% of paraphrases (target
+    # opt-in: on pairs it was never tuned on (tests/data/cache_pairs_sealed_v11.txt), the semantic layer served
+    # another question's answer for none of 176 near-misses (target <= 1%) but hit only 58.5% of paraphrases (target
     # >= 80%) (scripts/bench_cache.py, README); exact caching stays on.
     semantic: bool = False
     # candidates: entries at least this similar (cosine of MiniLM embeddings); the error budget raises it per
