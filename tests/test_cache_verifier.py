@@ -41,13 +41,13 @@ def test_the_shipped_verifier_separates_the_tuning_pairs(verifier: tuple[PairVer
 
 def test_the_order_of_the_two_questions_hardly_matters(verifier: tuple[PairVerifier, float]) -> None:
     """Which question is the cached one changes the verdict for few pairs. The share grows with the bar, as more
-    scores sit near it: for the mpnet pair model at 0.98, 94.7% of the tuning pairs agree (the model it replaced:
-    95.0%; at its own bar of 0.95, 97.2%)."""
+    scores sit near it: for the mpnet pair model at its close bar of 0.50, 99.4% of the tuning pairs agree, and at
+    0.98, 96.6% (the model it replaced, which had learnt the sorted order of training's sibling pairs: 94.7%)."""
     v, confirm = verifier
     pairs = load_pairs(TUNING)
     ab = v.score_sync([(as_cached(a), as_cached(b)) for _, a, b in pairs])
     ba = v.score_sync([(as_cached(b), as_cached(a)) for _, a, b in pairs])
-    assert ((ab >= confirm) == (ba >= confirm)).mean() >= 0.93
+    assert ((ab >= confirm) == (ba >= confirm)).mean() >= 0.95
 
 
 def test_each_verifier_is_named_after_its_base_model(verifier: tuple[PairVerifier, float]) -> None:
@@ -134,8 +134,8 @@ def test_the_weights_ship_with_the_package() -> None:
 def test_int8_keeps_the_float32_verdicts_on_the_tuning_pairs(model: str) -> None:
     """Quantization is for speed only: a verdict that flips is a wrong hit or a lost one (torch's per-tensor int8
     flipped a clear paraphrase from 0.97 to 0.005). At the close band's bar, which most candidates meet: for the
-    mpnet pair model 5 of 321 verdicts differ at 0.98 (its scores crowd near its bars; at the far bar, 0.995 for
-    candidates at a cosine of 0.60-0.65, 4% differ), for the one before it at most 1% at 0.99."""
+    mpnet pair model 1 of 321 verdicts differs at 0.50 (at its far bar of 0.98, 7: scores crowd near a bar that
+    high), for MiniLM's at most 1% at 0.98."""
     confirm = VERIFIER_THRESHOLDS[(model, "float32")][3]
     full = PairVerifier(WEIGHTS_BY_MODEL[model], threads=2)
     int8 = PairVerifier(WEIGHTS_BY_MODEL[model], threads=2, int8=True)
@@ -144,7 +144,7 @@ def test_int8_keeps_the_float32_verdicts_on_the_tuning_pairs(model: str) -> None
     pairs = [(as_cached(a), as_cached(b)) for _, a, b in load_pairs(TUNING)]
     a = np.array([full.score_sync([p])[0] for p in pairs])
     b = np.array([int8.score_sync([p])[0] for p in pairs])
-    assert ((a >= confirm) == (b >= confirm)).mean() >= 0.98
+    assert ((a >= confirm) == (b >= confirm)).mean() >= 0.99
     assert np.abs(a - b).mean() < 0.02  # (a pair on the slope can still move: 0.965 -> 0.146, both refused)
 
 
@@ -186,7 +186,8 @@ def test_a_greeting_or_thanks_around_a_question_is_the_same_question() -> None:
 
 def test_sibling_questions_are_other_questions_on_the_topic() -> None:
     """Training's free near-misses: texts of different questions that embed close; never two sides of a paraphrase,
-    nor one question written twice, and at most ``per_text`` for each text."""
+    nor one question written twice, nor a labelled near-miss (already a pair of the file), and at most ``per_text``
+    for each text."""
     from hybrid.cache.verifier_training import groups, siblings
 
     pairs = [("paraphrase", "How long is a soccer match?", "What's the duration of a football game?"),
@@ -206,10 +207,28 @@ def test_sibling_questions_are_other_questions_on_the_topic() -> None:
 
     found = siblings(pairs, embed, cosine=0.0)
     assert found and all(g[a] != g[b] for a, b, _ in found)
+    assert not [p for p in found if {p[0], p[1]} == {pairs[2][1], pairs[2][2]}]  # the labelled "time" near-miss
     assert [s for _, _, s in found] == sorted((s for _, _, s in found), reverse=True)
     capped = siblings(pairs, embed, cosine=0.0, per_text=1)
     texts = [t for a, b, _ in capped for t in (a, b)]
     assert len(texts) == len(set(texts)) and len(capped) < len(found)
+
+
+def test_sibling_near_misses_come_in_both_orders() -> None:
+    """Sorted order puts "How ..." before "how ...": a formal question first and a chat-typed one second, every
+    time. Training draws each pair's order, so the model cannot learn the order as a difference; each pair is kept
+    once, labelled a near-miss."""
+    import random
+
+    from hybrid.cache.verifier_training import sibling_examples
+
+    near = [(f"How do I do thing {i}?", f"how do i do thing {i + 1000} pls", 0.7) for i in range(200)]
+    out = sibling_examples(near, random.Random(0))
+    formal_first = [a.startswith("user: How") for a, _, _ in out]
+    assert 60 < sum(formal_first) < 140
+    assert sorted(frozenset((a, b)) for a, b, _ in out) == sorted(
+        frozenset((as_cached(a), as_cached(b))) for a, b, _ in near)
+    assert {y for _, _, y in out} == {0.0}
 
 
 def test_cross_validation_never_splits_a_question_across_folds() -> None:
@@ -275,8 +294,8 @@ def test_the_configured_pair_model_is_the_one_the_cache_loads(tmp_path: Path, mo
 
 
 def test_training_never_reads_a_set_that_is_still_sealed() -> None:
-    """The mpnet pair model trains on the seen sealed sets (--seen-sets: v1-v7, v9 and v10); v8 chose its thresholds
-    and v11 is the headline, so no text of either may be among its training pairs, nor any retyping of the sealed
+    """The mpnet pair model trains on the seen sealed sets (--seen-sets: v1-v7 and v9-v11); v8 chose its thresholds
+    and v12 is the headline, so no text of either may be among its training pairs, nor any retyping of the sealed
     retyped set (whose plain questions are office questions, some of them from the training files)."""
     import importlib.util
 
@@ -290,9 +309,9 @@ def test_training_never_reads_a_set_that_is_still_sealed() -> None:
     trained = {t for _, a, b in with_seen for t in (a, b)}
     data = Path(__file__).parent / "data"
     for seen in ("cache_pairs_sealed_v6.txt", "cache_pairs_sealed_v7.txt", "cache_pairs_sealed_v9.txt",
-                 "cache_pairs_sealed_v10.txt"):
+                 "cache_pairs_sealed_v10.txt", "cache_pairs_sealed_v11.txt"):
         assert {a for _, a, _ in load_pairs(data / seen)} <= trained, seen
-    for sealed in ("cache_pairs_sealed_v8.txt", "cache_pairs_sealed_v11.txt"):
+    for sealed in ("cache_pairs_sealed_v8.txt", "cache_pairs_sealed_v12.txt"):
         texts = {t for _, a, b in load_pairs(data / sealed) for t in (a, b)}
         assert not texts & trained, sealed
     assert not {b for _, _, b in load_pairs(data / "cache_retyped_sealed.txt")} & trained

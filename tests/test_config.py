@@ -54,9 +54,27 @@ def test_semantic_caching_is_opt_in_while_its_sealed_figures_miss_the_targets() 
     cfg = default_config().cache
     assert cfg.semantic is False
     assert (cfg.verifier, cfg.verifier_model, cfg.embedder_precision) == ("cross-encoder-int8", "mpnet", "int8")
-    assert (cfg.similarity_threshold, cfg.verifier_threshold) == (0.60, 0.995)
-    assert (cfg.close_similarity, cfg.close_verifier_threshold) == (0.65, 0.98)
+    assert (cfg.similarity_threshold, cfg.verifier_threshold) == (0.70, 0.98)
+    assert (cfg.close_similarity, cfg.close_verifier_threshold) == (0.75, 0.50)
     assert parse_config({"backends": [{"name": "a", "kind": "llamacpp", "model": "m.gguf"}]}).cache.semantic is False
+
+
+def test_the_readme_config_shows_the_defaults() -> None:
+    """The README's full config is what a newcomer copies and edits: each value in it is the default (its cache
+    thresholds once lagged two retrainings behind), but for the keys it fills in as examples."""
+    import re
+    import tomllib
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"```toml\n(.*?)```", readme, re.S)
+    assert block is not None
+    shown, defaults = tomllib.loads(block.group(1)), default_config()
+    examples = {("server", "api_keys"), ("server", "teams"), ("server", "key_tags")}
+    differ = [(section, key, value) for section in ("server", "limits", "costs", "ledger", "routing", "cache")
+              for key, value in shown[section].items()
+              if (section, key) not in examples and getattr(getattr(defaults, section), key) != value]
+    assert not differ
+    assert shown["cache"]["similarity_threshold"] == VERIFIER_THRESHOLDS[("mpnet", "int8")][0]
 
 
 def test_without_the_verifier_the_default_similarity_threshold_is_the_guards() -> None:
@@ -81,16 +99,16 @@ def test_each_pair_model_brings_its_own_default_thresholds() -> None:
     for model, precision in VERIFIER_THRESHOLDS:
         assert thresholds({"verifier_model": model, "embedder_precision": precision}) == VERIFIER_THRESHOLDS[
             (model, precision)]
-    assert VERIFIER_THRESHOLDS[("mpnet", "int8")] == (0.60, 0.995, 0.65, 0.98) != VERIFIER_THRESHOLDS[
+    assert VERIFIER_THRESHOLDS[("mpnet", "int8")] == (0.70, 0.98, 0.75, 0.50) != VERIFIER_THRESHOLDS[
         ("minilm", "int8")]
-    assert thresholds({"verifier_threshold": 0.97}) == (0.60, 0.97, 0.60, 0.97)
-    assert thresholds({"similarity_threshold": 0.85}) == (0.85, 0.995, 0.85, 0.995)
-    assert thresholds({"close_verifier_threshold": 0.9}) == (0.60, 0.995, 0.65, 0.9)
+    assert thresholds({"verifier_threshold": 0.97}) == (0.70, 0.97, 0.70, 0.97)
+    assert thresholds({"similarity_threshold": 0.85}) == (0.85, 0.98, 0.85, 0.98)
+    assert thresholds({"close_verifier_threshold": 0.9}) == (0.70, 0.98, 0.75, 0.9)
     assert thresholds({"verifier_threshold": 0.97, "close_similarity": 0.9, "close_verifier_threshold": 0.5}) == (
-        0.60, 0.97, 0.9, 0.5)
+        0.70, 0.97, 0.9, 0.5)
     assert thresholds({"verifier_model": "mpnet", "verifier": "off"})[0] == 0.90
     bars = parse_config({"backends": backends}).cache
-    assert [bars.verifier_bar(s) for s in (0.60, 0.6499, 0.65, 1.0)] == [0.995, 0.995, 0.98, 0.98]
+    assert [bars.verifier_bar(s) for s in (0.70, 0.7499, 0.75, 1.0)] == [0.98, 0.98, 0.50, 0.50]
 
 
 @pytest.mark.parametrize(("cache", "message"), [

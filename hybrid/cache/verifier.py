@@ -7,9 +7,9 @@ them word by word. A verifier is a pretrained encoder (hybrid.cache.base_models:
 all-mpnet-base-v2, the cache's default; or all-MiniLM-L6-v2, the weights the cache embeds with) with a low-rank
 update of its linear layers and a one-unit head, trained by ``scripts/train_verifier.py`` on labelled pairs
 (hybrid/cache/data/verifier_pairs.txt and the tuning set tests/data/cache_pairs.txt; mpnet's also on the reworded
-pairs and the seen sealed sets v1-v7, v9 and v10, never on v8, which chose its thresholds, nor the sets still sealed)
-and shipped as ``data/verifier.npz`` and ``data/verifier_mpnet.npz`` (0.6 and 1.2 MiB: only the update, and the
-name of its base). At load the update is merged into a private copy of the weights, so a check costs one forward
+pairs and the seen sealed sets v1-v7 and v9-v11, never on v8, which chose its thresholds, nor the sets still
+sealed) and shipped as ``data/verifier.npz`` and ``data/verifier_mpnet.npz`` (0.6 and 1.2 MiB: only the update, and
+the name of its base). At load the update is merged into a private copy of the weights, so a check costs one forward
 pass of the base over both texts (the pair is cut to :data:`MAX_TOKENS`, keeping the ends of long conversations).
 """
 
