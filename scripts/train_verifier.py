@@ -79,6 +79,8 @@ def main() -> None:
     ap.add_argument("--seen-sets", action="store_true",
                     help="also train on the reworded pairs and the seen sealed sets v1-v7 and v9-v11 (the mpnet pair "
                     "model)")
+    ap.add_argument("--restyle", action="store_true",
+                    help="also each pair written in one style with one side chat-typed (the mpnet pair model)")
     ap.add_argument("--cv-only", action="store_true", help="the out-of-fold figures, no final training")
     ap.add_argument("--out", type=Path, default=WEIGHTS)
     ap.add_argument("--oof-out", type=Path, help="with --cv: also write the out-of-fold scores here (.npz)")
@@ -87,7 +89,7 @@ def main() -> None:
 
     torch.set_num_threads(2)
     settings = TrainSettings(base=args.base, epochs=args.epochs, layers=args.layers, siblings=args.siblings,
-                             sibling_cosine=args.sibling_cosine)
+                             sibling_cosine=args.sibling_cosine, restyle=args.restyle)
     pairs = training_pairs(args.seen_sets)
     t0 = time.perf_counter()
 

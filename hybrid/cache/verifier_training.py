@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from hybrid.cache.base_models import BASES, MINILM, BaseModel
+from hybrid.cache.restyle import chat_typed, is_formal
 from hybrid.cache.verifier import PairVerifier, as_cached, encode_pairs, load_base, plain, pooled_logit
 
 
@@ -30,6 +31,7 @@ class TrainSettings:
     seed: int = 0
     siblings: int = 2  # per question, up to this many other questions on its topic, as near-misses (:func:`siblings`)
     sibling_cosine: float = 0.55  # "on its topic": at least this MiniLM cosine (below any threshold worth using)
+    restyle: bool = False  # also each pair written in one style with one side chat-typed (:func:`restyled_examples`)
 
 
 # what changes when someone types the same question again: case, the closing mark, a greeting or thanks around it
@@ -111,6 +113,22 @@ def examples(pairs: list[tuple[str, str, str]]) -> list[tuple[str, str, float]]:
     return out
 
 
+def restyled_examples(pairs: list[tuple[str, str, str]], rng: random.Random) -> list[tuple[str, str, float]]:
+    """Each pair whose two sides are both formal, once more with one side (drawn at random) chat-typed
+    (:func:`hybrid.cache.restyle.chat_typed`), its label kept, in one order drawn at random: near-misses and
+    paraphrases alike, so that a difference of style is no sign of either."""
+    out = []
+    for kind, a, b in pairs:
+        if not (is_formal(a) and is_formal(b)):
+            continue
+        if rng.random() < 0.5:
+            a, b = b, a
+        pair = (as_cached(a), as_cached(chat_typed(b, a, rng)))
+        y = 1.0 if kind == "paraphrase" else 0.0
+        out.append((*pair, y) if rng.random() < 0.5 else (pair[1], pair[0], y))
+    return out
+
+
 def sibling_examples(near: list[tuple[str, str, float]], rng: random.Random) -> list[tuple[str, str, float]]:
     """Each pair of :func:`siblings` as a near-miss, in one order drawn at random (both orders would cost half as
     much training again). In the sorted order :func:`siblings` gives, a formal question always came first and a
@@ -177,6 +195,11 @@ def train(pairs: list[tuple[str, str, str]], settings: TrainSettings = TrainSett
     opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.01)
     data = examples(pairs)
     rng = random.Random(settings.seed)
+    if settings.restyle:
+        restyled = restyled_examples(pairs, random.Random(settings.seed + 1))
+        data += restyled
+        if progress is not None:
+            progress(f"{len(restyled)} pairs written in one style, once more with one side chat-typed")
     if settings.siblings:
         embed = embed or _minilm()
         near = siblings(pairs, embed, settings.sibling_cosine, settings.siblings)
