@@ -103,6 +103,40 @@ def test_merged_weights_compute_what_training_computed(tmp_path: Path, base_name
     assert abs(float(trained[0]) - 0.5) > 1e-3  # the update is not a no-op
 
 
+def test_training_can_continue_a_saved_verifier_and_refuses_one_of_another_shape(tmp_path: Path) -> None:
+    """``--init``: the update and head of a file become the starting point of a new training, exactly (float16
+    as stored); a file trained with another rank or base would silently train something else, so it is refused."""
+    import torch
+
+    from hybrid.cache.base_models import MINILM
+    from hybrid.cache.verifier import load_base
+    from hybrid.cache.verifier_training import TrainSettings, attach, pack, resume, save
+
+    gen = torch.Generator().manual_seed(2)
+    _, encoder = load_base(2, MINILM)
+    low = attach(torch, encoder, 4, 2.0, gen, MINILM)
+    for lr in low.values():
+        with torch.no_grad():
+            lr.B.normal_(0, 0.02, generator=gen)
+    head_w, head_b = torch.randn(encoder.config.hidden_size, generator=gen), torch.tensor(0.3)
+    save(pack(low, head_w, head_b, 2.0, 4, 2, MINILM), tmp_path / "v.npz")
+
+    _, fresh_encoder = load_base(2, MINILM)
+    fresh = attach(torch, fresh_encoder, 4, 2.0, torch.Generator().manual_seed(9), MINILM)
+    fresh_w, fresh_b = torch.nn.Parameter(torch.zeros(encoder.config.hidden_size)), torch.nn.Parameter(torch.zeros(()))
+    settings = TrainSettings(base=MINILM.name, rank=4, layers=2, alpha=8.0)
+    resume(torch, tmp_path / "v.npz", fresh, fresh_w, fresh_b, settings, 2.0)
+    for name, lr in low.items():
+        assert torch.equal(fresh[name].A, lr.A.detach().half().float())
+        assert torch.equal(fresh[name].B, lr.B.detach().half().float())
+    assert torch.allclose(fresh_w, head_w) and float(fresh_b.detach()) == pytest.approx(0.3)
+    assert float(fresh[next(iter(fresh))].B.abs().sum()) > 0  # not left at the zeros a new update starts from
+
+    with pytest.raises(ValueError, match="rank"):
+        resume(torch, tmp_path / "v.npz", fresh, fresh_w, fresh_b, TrainSettings(base=MINILM.name, rank=8, layers=2,
+                                                                                 alpha=16.0), 2.0)
+
+
 def test_a_verifier_that_cannot_load_turns_semantic_hits_off_not_the_cache(tmp_path: Path) -> None:
     from hybrid.cache.cache import ResponseCache
     from hybrid.cache.embeddings import Embedder

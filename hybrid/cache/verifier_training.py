@@ -32,6 +32,7 @@ class TrainSettings:
     siblings: int = 2  # per question, up to this many other questions on its topic, as near-misses (:func:`siblings`)
     sibling_cosine: float = 0.55  # "on its topic": at least this MiniLM cosine (below any threshold worth using)
     restyle: bool = False  # also each pair written in one style with one side chat-typed (:func:`restyled_examples`)
+    init: str | None = None  # a verifier .npz to start from (its base, rank and layers): training continues it
 
 
 # what changes when someone types the same question again: case, the closing mark, a greeting or thanks around it
@@ -191,6 +192,8 @@ def train(pairs: list[tuple[str, str, str]], settings: TrainSettings = TrainSett
     low = attach(torch, encoder, settings.rank, scale, gen, base)
     head_w = torch.nn.Parameter(torch.zeros(encoder.config.hidden_size))
     head_b = torch.nn.Parameter(torch.zeros(()))
+    if settings.init is not None:
+        resume(torch, Path(settings.init), low, head_w, head_b, settings, scale)
     params = [p for lr in low.values() for p in (lr.A, lr.B)] + [head_w, head_b]
     opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.01)
     data = examples(pairs)
@@ -227,6 +230,23 @@ def train(pairs: list[tuple[str, str, str]], settings: TrainSettings = TrainSett
         if progress is not None:
             progress(f"epoch {epoch + 1}/{settings.epochs}: loss {total / len(data):.4f}")
     return pack(low, head_w, head_b, scale, settings.rank, settings.layers, base)
+
+
+def resume(torch: Any, path: Path, low: dict[str, _LowRank], head_w: Any, head_b: Any, settings: TrainSettings,
+           scale: float) -> None:
+    """Set the update and head to those of a verifier file, which must have been trained with the same base, rank,
+    layers and scale: training then continues from it instead of from zero."""
+    with np.load(path) as state:
+        found = (str(state["base"]), int(state["rank"]), int(state["layers"]), float(state["scale"]))
+        wanted = (settings.base, settings.rank, settings.layers, scale)
+        if found != wanted:
+            raise ValueError(f"{path}: base, rank, layers, scale {found}; this training has {wanted}")
+        with torch.no_grad():
+            for name, lr_ in low.items():
+                lr_.A.copy_(torch.from_numpy(state[f"{name}.A"].astype(np.float32)))
+                lr_.B.copy_(torch.from_numpy(state[f"{name}.B"].astype(np.float32)))
+            head_w.copy_(torch.from_numpy(state["head_w"].astype(np.float32)))
+            head_b.copy_(torch.from_numpy(np.asarray(state["head_b"], dtype=np.float32)))
 
 
 def pack(low: dict[str, _LowRank], head_w: Any, head_b: Any, scale: float, rank: int, layers: int,
