@@ -33,21 +33,21 @@ def verifier(request: pytest.FixtureRequest) -> tuple[PairVerifier, float]:
 def test_the_shipped_verifier_separates_the_tuning_pairs(verifier: tuple[PairVerifier, float]) -> None:
     """The weights in the package, read by this code, still do what training made them do on its own pairs (a
     mismatch between the file and the model code, a wrong pair order or a lost update shows here: those scatter the
-    verdicts). At its bar of 0.98 for every candidate, the mpnet pair model confirms 89.1% of the tuning set's
-    paraphrases in int8."""
+    verdicts far below the floor). At its close bar of 0.99, the mpnet
+    pair model confirms 85.3% of the tuning set's paraphrases in int8 (the model before, at 0.98: 89.1%)."""
     v, confirm = verifier
     pairs = load_pairs(TUNING)
     p = np.array([v.score_sync([(as_cached(a), as_cached(b))])[0] for _, a, b in pairs])  # as lookups do
     para = np.array([k == "paraphrase" for k, _, _ in pairs])
-    assert (p[para] >= confirm).mean() >= 0.85
+    assert (p[para] >= confirm).mean() >= 0.80
     assert (p[~para] >= confirm).mean() <= 0.03
 
 
 def test_the_order_of_the_two_questions_hardly_matters(verifier: tuple[PairVerifier, float]) -> None:
     """Which question is the cached one changes the verdict for few pairs. The share grows with the bar, as more
-    scores sit near it: for the mpnet pair model in int8, at its bar of 0.98, 98.4% of the tuning pairs agree (at
-    0.50, 99.4%; the model before the last two, which had learnt the sorted order of training's sibling pairs:
-    94.7% at 0.98)."""
+    scores sit near it: for the mpnet pair model in int8, at its close bar of 0.99, 96.9% of the tuning pairs agree
+    (at 0.50, all; the model of 79d08d7 at 0.98, 98.4%; the one that had learnt the sorted order of training's
+    sibling pairs: 94.7% at 0.98)."""
     v, confirm = verifier
     pairs = load_pairs(TUNING)
     ab = v.score_sync([(as_cached(a), as_cached(b)) for _, a, b in pairs])
@@ -130,7 +130,7 @@ def test_training_can_continue_a_saved_verifier_and_refuses_one_of_another_shape
         assert torch.equal(fresh[name].A, lr.A.detach().half().float())
         assert torch.equal(fresh[name].B, lr.B.detach().half().float())
     assert torch.allclose(fresh_w, head_w) and float(fresh_b.detach()) == pytest.approx(0.3)
-    assert float(fresh[next(iter(fresh))].B.abs().sum()) > 0  # not left at the zeros a new update starts from
+    assert float(fresh[next(iter(fresh))].B.detach().abs().sum()) > 0  # not left at the zeros a new update starts from
 
     with pytest.raises(ValueError, match="rank"):
         resume(torch, tmp_path / "v.npz", fresh, fresh_w, fresh_b, TrainSettings(base=MINILM.name, rank=8, layers=2,
@@ -172,8 +172,8 @@ def test_the_weights_ship_with_the_package() -> None:
 @pytest.mark.parametrize("model", ["minilm", "mpnet"])
 def test_int8_keeps_the_float32_verdicts_on_the_tuning_pairs(model: str) -> None:
     """Quantization is for speed only: a verdict that flips is a wrong hit or a lost one (torch's per-tensor int8
-    flipped a clear paraphrase from 0.97 to 0.005). At the pair model's bar of 0.98, scores crowd near it, so a few
-    verdicts of pairs on the bar move (for the mpnet pair model 7 of 321, all paraphrases scored 0.97-0.99 both
+    flipped a clear paraphrase from 0.97 to 0.005). At the pair model's close bar of 0.99, scores crowd near it, so a
+    few verdicts of pairs on the bar move (for the mpnet pair model 7 of 321, all paraphrases scored 0.97-0.995 both
     ways; at a bar of 0.50 it would be 1), but no near-miss's verdict may move, and no score may move far."""
     confirm = VERIFIER_THRESHOLDS[(model, "float32")][3]
     full = PairVerifier(WEIGHTS_BY_MODEL[model], threads=2)
@@ -338,8 +338,8 @@ def test_the_configured_pair_model_is_the_one_the_cache_loads(tmp_path: Path, mo
 
 
 def test_training_never_reads_a_set_that_is_still_sealed() -> None:
-    """The mpnet pair model trains on the seen sealed sets (--seen-sets: v1-v7 and v9-v11); v8 and v12 chose its
-    thresholds and v13 is the headline, so no text of those may be among its training pairs (restyled or not), nor any
+    """The mpnet pair model trains on the seen sealed sets (--seen-sets: v1-v7, v9-v11 and v13); v8 and v12 choose its
+    thresholds and v14 is the headline, so no text of those may be among its training pairs (restyled or not), nor any
     retyping of the sealed retyped set (whose plain questions are office questions, some of them from the training
     files)."""
     import importlib.util
@@ -355,9 +355,9 @@ def test_training_never_reads_a_set_that_is_still_sealed() -> None:
     restyled = {t.removeprefix("user: ") for a, b, _ in restyled_examples(with_seen, random.Random(1)) for t in (a, b)}
     data = Path(__file__).parent / "data"
     for seen in ("cache_pairs_sealed_v6.txt", "cache_pairs_sealed_v7.txt", "cache_pairs_sealed_v9.txt",
-                 "cache_pairs_sealed_v10.txt", "cache_pairs_sealed_v11.txt"):
+                 "cache_pairs_sealed_v10.txt", "cache_pairs_sealed_v11.txt", "cache_pairs_sealed_v13.txt"):
         assert {a for _, a, _ in load_pairs(data / seen)} <= trained, seen
-    for sealed in ("cache_pairs_sealed_v8.txt", "cache_pairs_sealed_v12.txt", "cache_pairs_sealed_v13.txt"):
+    for sealed in ("cache_pairs_sealed_v8.txt", "cache_pairs_sealed_v12.txt", "cache_pairs_sealed_v14.txt"):
         texts = {t for _, a, b in load_pairs(data / sealed) for t in (a, b)}
         assert not texts & trained, sealed
         assert not texts & restyled, sealed
