@@ -22,7 +22,8 @@ trained on v1-v7 and v9-v11, two epochs more at half the learning rate with v13 
 A MiniLM training took about seven and a half minutes on what turned out to be one core (loading the embedder for
 sibling questions set torch to one thread; training now keeps both); the mpnet one with --seen-sets and
 --sibling-cosine 0.45 (4,425 pairs and 7,142 sibling pairs) takes about 67 minutes on two, and with --restyle (3,508
-pairs more) about 114; two epochs continued with v13 (4,777 pairs, 7,789 sibling pairs) about 35. --cv trains k more times on (k-1)/k of it.
+pairs more) about 114; two epochs continued with v13 (4,777 pairs, 7,789 sibling pairs) about 40. --cv trains k
+more times on (k-1)/k of it.
 """
 
 from __future__ import annotations
