@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -73,6 +74,21 @@ def test_a_long_conversation_is_cut_to_the_bound_keeping_its_last_turn(verifier:
     assert same > other
 
 
+def _some_update(torch: Any, encoder: Any, base: Any, seed: int) -> tuple[dict[str, Any], Any, Any]:
+    """A rank-4 update (scale 2.0) beside each layer of ``encoder`` and a head, as a training might leave them: B
+    drawn at random (a new update's B is zero, a no-op), A and B already at the float16 the file keeps."""
+    from hybrid.cache.verifier_training import attach
+
+    gen = torch.Generator().manual_seed(seed)
+    low = attach(torch, encoder, 4, 2.0, gen, base)
+    for lr in low.values():
+        with torch.no_grad():
+            lr.B.normal_(0, 0.02, generator=gen)
+            lr.A.copy_(lr.A.half().float())  # the file keeps float16: compare like with like
+            lr.B.copy_(lr.B.half().float())
+    return low, torch.randn(encoder.config.hidden_size, generator=gen), torch.tensor(0.3)
+
+
 @pytest.mark.parametrize("base_name", ["all-MiniLM-L6-v2", "all-mpnet-base-v2"])
 def test_merged_weights_compute_what_training_computed(tmp_path: Path, base_name: str) -> None:
     """Training adds B(Ax) beside each frozen layer; loading merges B A into the weights. Both give one answer, on
@@ -81,18 +97,11 @@ def test_merged_weights_compute_what_training_computed(tmp_path: Path, base_name
 
     from hybrid.cache.base_models import BASES
     from hybrid.cache.verifier import encode_pairs, load_base, pooled_logit
-    from hybrid.cache.verifier_training import attach, pack, save
+    from hybrid.cache.verifier_training import pack, save
 
     base = BASES[base_name]
-    gen = torch.Generator().manual_seed(1)
     tokenizer, encoder = load_base(2, base)
-    low = attach(torch, encoder, 4, 2.0, gen, base)
-    for lr in low.values():
-        with torch.no_grad():
-            lr.B.normal_(0, 0.02, generator=gen)
-            lr.A.copy_(lr.A.half().float())  # the file keeps float16: compare like with like
-            lr.B.copy_(lr.B.half().float())
-    head_w, head_b = torch.randn(encoder.config.hidden_size, generator=gen), torch.tensor(0.3)
+    low, head_w, head_b = _some_update(torch, encoder, base, seed=1)
     pairs = [("user: How do I reset my password?", "user: How can I reset my password?")]
     with torch.inference_mode():
         trained = torch.sigmoid(pooled_logit(encoder.eval(), head_w, head_b, encode_pairs(tokenizer, pairs)))
@@ -112,13 +121,8 @@ def test_training_can_continue_a_saved_verifier_and_refuses_one_of_another_shape
     from hybrid.cache.verifier import load_base
     from hybrid.cache.verifier_training import TrainSettings, attach, pack, resume, save
 
-    gen = torch.Generator().manual_seed(2)
     _, encoder = load_base(2, MINILM)
-    low = attach(torch, encoder, 4, 2.0, gen, MINILM)
-    for lr in low.values():
-        with torch.no_grad():
-            lr.B.normal_(0, 0.02, generator=gen)
-    head_w, head_b = torch.randn(encoder.config.hidden_size, generator=gen), torch.tensor(0.3)
+    low, head_w, head_b = _some_update(torch, encoder, MINILM, seed=2)
     save(pack(low, head_w, head_b, 2.0, 4, 2, MINILM), tmp_path / "v.npz")
 
     _, fresh_encoder = load_base(2, MINILM)
