@@ -48,9 +48,9 @@ def test_good_config_loads(tmp_path: Path) -> None:
 
 
 def test_semantic_caching_is_opt_in_while_its_sealed_figures_miss_the_targets() -> None:
-    """scripts/bench_cache.py on tests/data/cache_pairs_sealed_v14.txt misses the paraphrase target (README). Until
-    both are met, the default caches exact repeats only; turned on, a candidate is confirmed by the int8 mpnet verifier
-    behind the int8 MiniLM embedder, in the one band chosen on v8 and v12 pooled (commit 48e0652's rule)."""
+    """scripts/bench_cache.py on tests/data/cache_pairs_sealed_v15.txt misses both targets (README). Until both are
+    met, the default caches exact repeats only; turned on, a candidate is confirmed by the int8 mpnet verifier behind
+    the int8 MiniLM embedder, in the one band chosen on v8 and v12 pooled (commit 48e0652's rule)."""
     cfg = default_config().cache
     assert cfg.semantic is False
     assert (cfg.verifier, cfg.verifier_model, cfg.embedder_precision) == ("cross-encoder-int8", "mpnet", "int8")
